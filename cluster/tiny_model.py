@@ -1,0 +1,204 @@
+"""Build a Qwen2-Audio checkpoint offline: random weights, own tokenizer, own processor.
+
+No model hub is reachable here, so tests and the embedded default run on a model we make:
+the real Qwen2-Audio architecture (Whisper-style audio encoder, projector, Qwen2 decoder) at a
+small size, with a byte-level BPE tokenizer trained on the project's prompt vocabulary, all of
+Qwen2-Audio's special tokens, its chat template, and a 128-bin Whisper feature extractor. The
+folder loads exactly like the published checkpoints in transformers and vLLM.
+
+Sizes: `tiny` (about 0.6 M parameters, for tests) and `small` (about 40 M, for benchmarks).
+The same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import (
+    GenerationConfig,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
+    Qwen2Tokenizer,
+    WhisperFeatureExtractor,
+)
+
+from cluster.synthetic import TASKS
+from learner.hf_format import save_hf_folder
+from rollout.prompt import prompt_messages, prompt_text
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|audio_bos|>",
+    "<|AUDIO|>",
+    "<|audio_eos|>",
+]
+
+# Qwen2-Audio-7B-Instruct's chat template.
+CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SIZES = {
+    "tiny": dict(
+        vocab=640,
+        audio=dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128),
+        text=dict(
+            hidden_size=128,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+    ),
+    "small": dict(
+        vocab=4096,
+        audio=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
+        text=dict(
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+        ),
+    ),
+}
+
+# A few generic audio-QA words beyond the synthetic tasks (MMAU-style questions tokenise shorter).
+_GENERAL_TEXT = (
+    "What is the main sound source in the audio? Which instrument is playing? What emotion does the "
+    "speaker convey? How many people are speaking? What genre is the music? Identify the sound event. "
+    "Is the speaker male or female? What is the tempo of the music? Where was this recorded? "
+    "The answer is in the audio clip. I think the correct option is"
+)
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the BPE tokenizer is trained on: every prompt and answer the project renders."""
+    corpus = [_GENERAL_TEXT, "system\nYou are a helpful assistant.\nuser\nAudio 1: \nassistant\n"]
+    for task in TASKS.values():
+        choices = task.classes
+        for thinking in (False, True):
+            corpus.append(prompt_text(task.question, choices, thinking=thinking))
+        for choice in choices:
+            corpus += [
+                f"<answer>{choice}</answer>",
+                f"<think>The audio sounds {choice}.</think> <answer>{choice}</answer>",
+            ]
+    return corpus * 20  # repetition lets the frequent prompt words merge into single tokens
+
+
+def build_tokenizer(vocab_size: int) -> Qwen2Tokenizer:
+    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `tokenizer_corpus()`."""
+    # An empty Qwen2 tokenizer carries Qwen2's pre-tokeniser and decoder; train its vocabulary anew.
+    base = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
+    trained = base.train_new_from_iterator(
+        tokenizer_corpus(), vocab_size=vocab_size, new_special_tokens=SPECIAL_TOKENS
+    )
+    backend: Tokenizer = trained.backend_tokenizer
+    tokenizer = Qwen2Tokenizer(
+        vocab=backend.get_vocab(),
+        merges=[
+            tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in _merges_of(backend)
+        ],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _merges_of(backend: Tokenizer) -> list:
+    import json
+
+    return json.loads(backend.to_str())["model"]["merges"]
+
+
+def build_processor(vocab_size: int) -> Qwen2AudioProcessor:
+    features = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400
+    )
+    return Qwen2AudioProcessor(
+        feature_extractor=features, tokenizer=build_tokenizer(vocab_size), chat_template=CHAT_TEMPLATE
+    )
+
+
+def build_model(size: str, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioForConditionalGeneration:
+    spec = SIZES[size]
+    audio_token = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    config = Qwen2AudioConfig(
+        audio_config=dict(
+            model_type="qwen2_audio_encoder", num_mel_bins=128, max_source_positions=1500, **spec["audio"]
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+            rope_theta=1e6,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tokenizer.pad_token_id,
+            **spec["text"],
+        ),
+        audio_token_index=audio_token,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    # A randomly initialised Whisper encoder maps all sines to nearly the same feature (cosine 0.999,
+    # STACK.md), so nothing can learn from the audio. Wider weights separate the classes.
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in list(model.model.audio_tower.modules()) + list(
+            model.model.multi_modal_projector.modules()
+        ):
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv1d):
+                module.weight.normal_(0.0, 0.1, generator=generator)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    return model
+
+
+def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Build and write the checkpoint folder atomically (a temp folder renamed into place)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; known: {list(SIZES)}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    processor = build_processor(SIZES[size]["vocab"])
+    model = build_model(size, processor.tokenizer, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    save_hf_folder(model, processor, staging)
+    for path in [staging, *staging.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # mkdtemp makes 0700
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+    return out
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["make_tiny", "build_model", "build_processor", "parameter_count", "prompt_messages"]

@@ -1,0 +1,98 @@
+"""Write a Qwen2-Audio model as a Hugging Face folder in the published checkpoints' key layout.
+
+transformers 5.19 keeps the model in memory as `model.audio_tower.*`, `model.multi_modal_projector.*`,
+`model.language_model.*` and `lm_head.*`, and its `save_pretrained` writes the language model's keys
+wrongly as `language_model.model.model.*`. The published checkpoints (Qwen/Qwen2-Audio-7B-Instruct,
+mispeech/r1-aqa) use `audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*` and
+`language_model.lm_head.*`, which both transformers and vLLM load. We write that layout ourselves,
+one name mapping (`published_name`) shared with the weight broadcast to vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+_PREFIXES = [  # in-memory prefix -> published prefix, first match wins
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.audio_tower.", "audio_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+]
+
+SHARD_BYTES = 4 * 1024**3
+
+
+def published_name(name: str) -> str:
+    """Map an in-memory parameter name to the published checkpoint key."""
+    for memory_prefix, published_prefix in _PREFIXES:
+        if name.startswith(memory_prefix):
+            return published_prefix + name[len(memory_prefix) :]
+    return name
+
+
+def published_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(published name, tensor) for every weight of the model, shared tensors once."""
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen and tensor.numel() > 0:
+            continue  # tied weights: the published layout stores them once
+        seen.add(tensor.data_ptr())
+        yield published_name(name), tensor
+
+
+def write_weights(model: torch.nn.Module, out_dir: Path, shard_bytes: int = SHARD_BYTES) -> list[str]:
+    """Write safetensors shards (+ index when more than one); return the file names."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in published_state(model):
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.detach().contiguous().cpu()
+        size += nbytes
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for shard, file_name in zip(shards, names, strict=True):
+        save_file(shard, str(out_dir / file_name), metadata={"format": "pt"})
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
+            "weight_map": {k: f for s, f in zip(shards, names, strict=True) for k in s},
+        }
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return names
+
+
+def save_hf_folder(
+    model: Any, processor: Any, out_dir: str | Path, extra_files: dict[str, str] | None = None
+) -> Path:
+    """Write weights, config, generation config and processor into `out_dir` (created if absent).
+
+    The caller makes this atomic by writing into a temporary folder and renaming it.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_weights(model, out)
+    model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
+    for name, text in (extra_files or {}).items():
+        (out / name).write_text(text)
+    for path in out.iterdir():  # make the bytes durable before anyone renames the folder
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    return out
