@@ -50,6 +50,50 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reward(args: argparse.Namespace) -> int:
+    from reward.rewards import RewardWeights, score_response
+
+    weights = RewardWeights(thinking=args.thinking)
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("response"), str)
+                or not isinstance(row.get("answer"), str)
+            ):
+                raise ValueError('expected {"response": str, "answer": str}')
+            score = score_response(row["response"], row["answer"], weights)
+            out = {"accuracy": score.accuracy, "format": score.format}
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            out = {"error": f"line {number}: {err}"}
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from reward.mmau import format_scores, mmau_scores
+
+    with open(args.predictions, encoding="utf-8") as handle:
+        items = json.load(handle)
+    if not isinstance(items, list):
+        raise ValueError(f"{args.predictions}: expected a JSON list of MMAU items")
+    scores = mmau_scores(items)
+    if args.json:
+        print(json.dumps({k: v for k, v in scores.items() if k != "missing_ids"}))
+    else:
+        print(format_scores(scores))
+    if scores["missing_predictions"]:
+        print(
+            f"{scores['missing_predictions']} items have no model_output/model_prediction "
+            f"(first: {scores['missing_ids'][:5]}); counted as wrong",
+            file=sys.stderr,
+        )
+    return 0
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
@@ -81,7 +125,18 @@ def _commands() -> list[Command]:
         p.add_argument("--strict", action="store_true", help="exit 2 if any row is invalid")
         p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    def reward(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--thinking", action="store_true", help="format = <think>..</think><answer>..</answer>"
+        )
+
+    def score(p: argparse.ArgumentParser) -> None:
+        p.add_argument("predictions", help="MMAU-format JSON list whose items carry model_output")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
     return [
+        ("reward", "score JSON lines {response, answer} from stdin with R1-AQA's rewards", reward, _reward),
+        ("score", "MMAU's official metric over a predictions file", score, _score),
         ("make-tiny", "build a Qwen2-Audio checkpoint with random weights, offline", make_tiny, _make_tiny),
         ("make-data", "write a synthetic audio QA set (AVQA JSON lines + WAVs)", make_data, _make_data),
         (
@@ -107,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"audio-grpo {args.command}: error: {err}", file=sys.stderr)
         return 2
 

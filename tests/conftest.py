@@ -59,3 +59,41 @@ def tiny_vllm(tiny_model_dir):
     )
     yield llm
     del llm
+
+
+def tone(freq: float, seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def pitch_batch(tokenizer, n_questions: int = 2, group: int = 4):
+    """A LearnerBatch on the pitch task: completions alternate right/wrong, advantages +1/-1."""
+    from learner.learner import LearnerBatch
+
+    questions, waves, completions, index, advantages = [], [], [], [], []
+    for q in range(n_questions):
+        answer = "high" if q % 2 == 0 else "low"
+        questions.append(("Is the tone high or low?", ["high", "low"]))
+        waves.append(tone(2000.0 if answer == "high" else 300.0, 0.5 + 0.25 * q))
+        for g in range(group):
+            choice = answer if g % 2 == 0 else ("low" if answer == "high" else "high")
+            text = f"<answer>{choice}</answer><|im_end|>" if g < group - 1 else f"<answer>{choice}"
+            completions.append(tokenizer(text).input_ids)
+            index.append(q)
+            advantages.append(1.0 if choice == answer else -1.0)
+    return LearnerBatch(questions, waves, completions, index, advantages)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance per test session (no dashboard unless a test starts its own cluster)."""
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", "")}},
+    )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,133 @@
+"""Checkpoints: a Hugging Face folder plus the full training state, written atomically.
+
+Layout of `.../checkpoints/step-N/`:
+    model.safetensors, config.json, generation_config.json, tokenizer/processor files  (HF, vLLM)
+    training_state/   DeepSpeed's engine state (module, optimizer, scheduler) and per-rank RNG
+    checkpoint.json   step, the caller's state (data position, ...), the reference model's path
+
+Every rank writes into `step-N.partial/`; once all are done, rank 0 renames it to `step-N/`. A
+crash at any point leaves at most a `.partial` folder, which `latest_checkpoint` ignores and the
+next save replaces: a folder named `step-N` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.hf_format import save_hf_folder
+
+STATE_DIR, TAG, MANIFEST = "training_state", "state", "checkpoint.json"
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _full_model_on_rank0(learner):
+    """The model with every parameter present, for writing (gathers ZeRO-3 partitions)."""
+    import contextlib
+
+    import deepspeed
+
+    if learner.config.zero_stage == 3:
+        return deepspeed.zero.GatheredParameters(list(learner.model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def save_checkpoint(learner, directory: str | Path, state: dict[str, Any] | None = None) -> Path:
+    """Collective: every rank calls it. Returns the final folder."""
+    final = Path(directory)
+    partial = final.with_name(final.name + ".partial")
+    if learner.rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier attempt
+        partial.mkdir(parents=True)
+    _barrier()
+    with _full_model_on_rank0(learner):
+        if learner.rank == 0:
+            save_hf_folder(learner.model, learner.processor, partial)
+    learner.engine.save_checkpoint(str(partial / STATE_DIR), tag=TAG, save_latest=False)
+    torch.save(_rng_state(), partial / STATE_DIR / f"rng_rank{learner.rank}.pt")
+    _barrier()
+    if learner.rank == 0:
+        manifest = {
+            "step": learner.step,
+            "reference_model": learner.model_path,
+            "world_size": learner.world_size,
+            "learner": learner.config_dict(),
+            "state": state or {},
+        }
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+    _barrier()
+    return final
+
+
+def load_checkpoint(learner, directory: str | Path) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler, step and RNG; return the caller's saved state."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest["world_size"] != learner.world_size:
+        raise ValueError(
+            f"{directory} was written by {manifest['world_size']} learner ranks, "
+            f"this run has {learner.world_size}"
+        )
+    path, _ = learner.engine.load_checkpoint(
+        str(directory / STATE_DIR), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None:
+        raise FileNotFoundError(f"{directory / STATE_DIR}: no DeepSpeed state to resume from")
+    _set_rng_state(torch.load(directory / STATE_DIR / f"rng_rank{learner.rank}.pt", weights_only=False))
+    learner.step = manifest["step"]
+    return manifest["state"]
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a complete checkpoint (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete `step-N` folder with the highest N under `root`, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.glob("step-*")
+        if p.is_dir()
+        and not p.name.endswith(".partial")
+        and (p / MANIFEST).is_file()
+        and p.name[5:].isdigit()
+    ]
+    return max(done, key=lambda p: int(p.name[5:]), default=None)

@@ -1,0 +1,131 @@
+"""Token log-probabilities of completions under a Qwen2-Audio model, the audio encoded once per clip.
+
+Qwen2-Audio pads every clip to 30 s (3000 mel frames), so each encoder pass costs the same whatever
+the clip's length. R1-AQA's trainer runs the encoder once per completion (8x per clip); here each
+question's audio is encoded once and its features are scattered into all of its completions' rows,
+for the policy and the reference alike. The computation otherwise follows transformers'
+`Qwen2AudioModel.forward` (same masks, same merge), so the numbers equal a plain forward.
+
+Row layout: [left padding | prompt (audio tokens expanded) | completion | right padding].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.masking_utils import create_bidirectional_mask
+
+from learner.grpo import completion_mask, token_logprobs
+from rollout.prompt import render_prompt
+
+
+@dataclass
+class EncodedQuestions:
+    """Processor outputs for a set of questions: prompt ids (audio expanded) and mel features."""
+
+    prompt_ids: list[list[int]]
+    input_features: torch.Tensor  # [B, 128, 3000]
+    feature_attention_mask: torch.Tensor  # [B, 3000]
+
+
+def encode_questions(
+    processor, questions: list[tuple[str, list[str]]], waveforms: list[np.ndarray], thinking: bool = False
+) -> EncodedQuestions:
+    """Render each prompt through the chat template and run the processor (which expands <|AUDIO|>)."""
+    prompt_ids, features, feature_masks = [], [], []
+    for (question, choices), wave in zip(questions, waveforms, strict=True):
+        text = render_prompt(processor, question, choices, thinking=thinking)
+        out = processor(text=text, audio=wave, sampling_rate=16000, return_tensors="pt")
+        prompt_ids.append(out.input_ids[0].tolist())
+        features.append(out.input_features)
+        feature_masks.append(out.feature_attention_mask)
+    return EncodedQuestions(prompt_ids, torch.cat(features), torch.cat(feature_masks))
+
+
+def audio_embeddings(
+    model, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
+) -> list[torch.Tensor]:
+    """Projected audio features per clip, cropped to each clip's length ([n_i, hidden] each)."""
+    core = model.model
+    tower = core.audio_tower
+    input_features = input_features.to(tower.device, dtype=tower.conv1.weight.dtype)
+    feature_attention_mask = feature_attention_mask.to(tower.device)
+    feat_lengths, output_lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
+    batch, _, mel_frames = input_features.shape
+    max_len = (mel_frames - 2) // 2 + 1
+    positions = torch.arange(max_len, device=feat_lengths.device).expand(batch, max_len)
+    mask_2d = (positions < feat_lengths[:, None]).long()
+    dummy = torch.zeros((batch, max_len, 1), dtype=input_features.dtype, device=input_features.device)
+    attention = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
+    hidden = tower(input_features, attention_mask=attention).last_hidden_state
+    projected = core.multi_modal_projector(hidden)
+    return [projected[i, : int(output_lengths[i])] for i in range(batch)]
+
+
+@dataclass
+class CompletionBatch:
+    """Padded rows for N completions of B questions; `question_index[n]` names each row's question."""
+
+    input_ids: torch.Tensor  # [N, P + T]
+    attention_mask: torch.Tensor  # [N, P + T]
+    completion_ids: torch.Tensor  # [N, T]
+    completion_mask: torch.Tensor  # [N, T]: up to and including the first end token
+    question_index: torch.Tensor  # [N]
+    prompt_length: int  # P
+
+
+def build_rows(
+    prompt_ids: list[list[int]],
+    completions: list[list[int]],
+    question_index: list[int],
+    pad_id: int,
+    eos_ids: list[int],
+) -> CompletionBatch:
+    """Left-pad prompts to a common length, right-pad completions, and mask after the first end."""
+    if not completions or any(len(c) == 0 for c in completions):
+        raise ValueError("every completion needs at least one token")
+    prompt_len = max(len(prompt_ids[q]) for q in question_index)
+    comp_len = max(len(c) for c in completions)
+    n = len(completions)
+    ids = torch.full((n, prompt_len + comp_len), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for row, (q, comp) in enumerate(zip(question_index, completions, strict=True)):
+        prompt = prompt_ids[q]
+        ids[row, prompt_len - len(prompt) : prompt_len] = torch.tensor(prompt)
+        ids[row, prompt_len : prompt_len + len(comp)] = torch.tensor(comp)
+        attention[row, prompt_len - len(prompt) : prompt_len + len(comp)] = 1
+    comp_ids = ids[:, prompt_len:]
+    mask = completion_mask(comp_ids, eos_ids, pad_mask=attention[:, prompt_len:])
+    return CompletionBatch(ids, attention, comp_ids, mask, torch.tensor(question_index), prompt_len)
+
+
+def completion_logprobs(
+    model, batch: CompletionBatch, audio: list[torch.Tensor], temperature: float = 1.0
+) -> torch.Tensor:
+    """log p(completion token | prompt, audio, earlier tokens) for every row: [N, T]."""
+    core = model.model
+    embed = core.get_input_embeddings()
+    device = embed.weight.device
+    ids = batch.input_ids.to(device)
+    attention = batch.attention_mask.to(device)
+    inputs_embeds = embed(ids)
+    # Audio slots only inside the prompt: a sampled <|AUDIO|> in a completion stays a plain token
+    # (a young policy can sample it, and the merge would then fail).
+    audio_slots = ids == model.config.audio_token_id
+    audio_slots[:, batch.prompt_length :] = False
+    features = torch.cat([audio[int(q)] for q in batch.question_index]).to(inputs_embeds.dtype)
+    if int(audio_slots.sum()) != features.shape[0]:
+        raise ValueError(
+            f"{int(audio_slots.sum())} audio tokens in the prompts but {features.shape[0]} audio features"
+        )
+    inputs_embeds = inputs_embeds.masked_scatter(audio_slots.unsqueeze(-1), features)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: match generation's positions
+    hidden = core.language_model(
+        inputs_embeds=inputs_embeds, attention_mask=attention, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    # The hidden state at position t predicts token t + 1: the completion's logits start at P - 1.
+    start, length = batch.prompt_length - 1, batch.completion_ids.size(1)
+    logits = model.lm_head(hidden[:, start : start + length])
+    return token_logprobs(logits, batch.completion_ids.to(device), temperature)
