@@ -1,0 +1,65 @@
+"""Format warm start: a short supervised pass that teaches `<answer>choice</answer>`, not the answer.
+
+A randomly initialised model never emits the answer format, so GRPO's rewards would all be zero and
+its advantages empty. Targets name a *random* choice, so the model learns the format and the
+choice vocabulary while its accuracy stays at chance: whatever it later learns about the audio,
+GRPO taught it. The end token is part of the target, or it would never be sampled.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.hf_format import save_hf_folder
+from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
+from rollout.question import AudioQuestion
+from rollout.sampling import end_token_ids
+
+
+def format_warm_start(
+    model_dir: str | Path,
+    questions: list[AudioQuestion],
+    waveforms: dict[str, np.ndarray],
+    out_dir: str | Path,
+    *,
+    steps: int = 80,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Train on random-choice answer targets and write the result as an HF folder."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    tokenizer = processor.tokenizer
+    ends = end_token_ids(model.generation_config, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        picked = rng.sample(questions, min(batch_size, len(questions)))
+        encoded = encode_questions(
+            processor, [(q.question, q.choices) for q in picked], [waveforms[q.id] for q in picked]
+        )
+        targets = [tokenizer(f"<answer>{rng.choice(q.choices)}</answer><|im_end|>").input_ids for q in picked]
+        rows = build_rows(encoded.prompt_ids, targets, list(range(len(picked))), tokenizer.pad_token_id, ends)
+        audio = audio_embeddings(model, encoded.input_features, encoded.feature_attention_mask)
+        logp = completion_logprobs(model, rows, audio)
+        mask = rows.completion_mask.float()
+        loss = -(logp * mask).sum() / mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if progress:
+            progress(step + 1, float(loss))
+    model.eval()
+    return save_hf_folder(model, processor, out_dir)

@@ -1,0 +1,49 @@
+"""Sampling settings shared by every generation engine (vLLM for training, HF for reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A young policy can sample these; fed back through Qwen2-Audio's forward they break the audio
+# merge ("Audio features and audio tokens do not match"), so generation forbids them.
+FORBIDDEN_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|im_start|>")
+
+
+@dataclass
+class SamplingConfig:
+    """R1-AQA's rollout sampling: 8 responses per question at temperature 1.0.
+
+    R1-AQA's trainer sampled with transformers' default top_k=50; set `top_k: 50` to reproduce it
+    exactly. 0 disables top-k.
+    """
+
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 256
+    seed: int | None = None
+
+
+def forbidden_token_ids(tokenizer) -> list[int]:
+    """Ids of `FORBIDDEN_TOKENS` in this tokenizer (those it has)."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in FORBIDDEN_TOKENS]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def end_token_ids(generation_config, tokenizer) -> list[int]:
+    """Tokens that end a completion: the model's eos ids (Qwen2-Audio: <|im_end|>, <|endoftext|>)."""
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    return ids or [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def trim_completion(token_ids: list[int], end_ids: list[int], pad_id: int | None = None) -> list[int]:
+    """Cut a generated sequence after its first end token (dropping padding that follows)."""
+    for i, token in enumerate(token_ids):
+        if token in end_ids:
+            return list(token_ids[: i + 1])
+    if pad_id is not None:
+        while token_ids and token_ids[-1] == pad_id:
+            token_ids = token_ids[:-1]
+    return list(token_ids)

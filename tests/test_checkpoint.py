@@ -1,0 +1,110 @@
+"""Checkpoints: HF folders that load in transformers and vLLM, exact resume, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import pitch_batch
+from safetensors import safe_open
+from test_learner import make_learner
+from test_tiny_model import assert_same_greedy, hf_greedy
+
+import learner.checkpoint as checkpoint_module
+from learner.checkpoint import latest_checkpoint, read_manifest
+
+
+@pytest.fixture
+def trained(tiny_model_dir, tmp_path):
+    """A learner after two steps, and its checkpoint."""
+    learner = make_learner(tiny_model_dir, dtype="fp32")
+    batch = pitch_batch(learner.processor.tokenizer)
+    learner.train_step(batch)
+    learner.train_step(batch)
+    path = learner.save(str(tmp_path / "checkpoints" / "step-2"), {"data_position": 17})
+    return learner, batch, path
+
+
+def test_checkpoint_is_a_published_layout_hf_folder(trained):
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    learner, _, path = trained
+    with safe_open(f"{path}/model.safetensors", "pt") as weights:
+        keys = list(weights.keys())
+    assert "language_model.lm_head.weight" in keys
+    assert not any(k.startswith("language_model.model.model.") for k in keys)
+    loaded = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    for (name, mine), theirs in zip(
+        learner.model.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(mine, theirs), name  # the trained weights, not the initial ones
+    AutoProcessor.from_pretrained(path)
+    manifest = read_manifest(path)
+    assert manifest["step"] == 2 and manifest["state"] == {"data_position": 17}
+    assert json.loads((Path(path) / "generation_config.json").read_text())["eos_token_id"]
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_in_vllm_with_hf_equal_greedy(trained):
+    from vllm import LLM
+
+    _, _, path = trained
+    llm = LLM(
+        model=path,
+        dtype="float32",
+        max_model_len=2048,
+        limit_mm_per_prompt={"audio": 1},
+        enforce_eager=True,
+        seed=0,
+    )
+    try:
+        from test_tiny_model import vllm_greedy
+
+        assert_same_greedy(hf_greedy(path), vllm_greedy(llm, path))
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def test_resume_continues_exactly(tiny_model_dir, trained):
+    learner, batch, path = trained
+    learner.train_step(batch)
+    learner.train_step(batch)
+    straight = learner.flat_parameters()
+
+    resumed = make_learner(tiny_model_dir, dtype="fp32")  # built from the initial model (the reference)
+    state = resumed.load(path)
+    assert state == {"data_position": 17} and resumed.step == 2
+    third = resumed.train_step(batch)
+    resumed.train_step(batch)
+    assert third["step"] == 3 and third["kl"] > 0  # the reference is still the initial model
+    assert (resumed.flat_parameters() == straight).all()  # optimizer moments and scheduler restored
+
+
+def test_a_crash_mid_save_leaves_no_checkpoint_that_looks_complete(trained, monkeypatch):
+    learner, batch, path = trained
+    root = Path(path).parent
+
+    def full_disk(model, processor, out_dir, *args, **kwargs):
+        (out_dir / "model.safetensors").write_bytes(b"\x00" * 100)  # half a file, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_hf_folder", full_disk)
+    learner.train_step(batch)
+    with pytest.raises(OSError, match="No space left"):
+        learner.save(str(root / "step-3"))
+    assert not (root / "step-3").exists() and (root / "step-3.partial").exists()
+    assert latest_checkpoint(root) == Path(path)
+    monkeypatch.undo()
+    learner.save(str(root / "step-3"))  # the next save replaces the partial one
+    assert latest_checkpoint(root) == root / "step-3" and not (root / "step-3.partial").exists()
+
+
+def test_resume_refuses_a_different_world_size(trained, tiny_model_dir, tmp_path):
+    _, _, path = trained
+    manifest = read_manifest(path)
+    manifest["world_size"] = 2
+    (Path(path) / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="2 learner ranks"):
+        make_learner(tiny_model_dir).load(path)
