@@ -94,6 +94,76 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import logging
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from cluster.config import config_from_dict, load_config
+    from cluster.driver import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    overrides = list(args.set or [])
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved}: not a run directory")
+        config = config_from_dict(yaml.safe_load(saved.read_text()))
+        if overrides:
+            import tempfile
+
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+                tmp.write(saved.read_text())
+            config = load_config(tmp.name, overrides)
+    else:
+        config = load_config(args.config, overrides)
+        run_dir = Path(args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(
+        f"run directory: {summary['run_dir']}\ncheckpoint:    {summary['checkpoint']}\n"
+        f"metrics:       {summary['metrics']}\nrollout workers' policy versions: {summary['rollout_policy_versions']}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cluster.config import RunConfig
+    from cluster.datasets import load_questions
+    from cluster.driver import evaluate
+    from reward.mmau import format_scores
+    from rollout.sampling import SamplingConfig
+    from rollout.vllm_engine import EngineConfig, RolloutWorker
+
+    questions, report = load_questions(
+        args.data, args.audio_root, strict=args.strict, allow_duplicate_choices=True
+    )
+    if report.skipped:
+        print(report.summary(max_listed=10), file=sys.stderr)
+    questions = questions[: args.max_items or None]
+    worker = RolloutWorker(
+        args.model, EngineConfig(dtype=args.dtype, max_model_len=args.max_model_len), thinking=args.thinking
+    )
+    config = RunConfig()
+    config.rollout.sampling = replace(SamplingConfig(), max_tokens=args.max_tokens)
+    scores = evaluate(worker, questions, config, Path(args.out))
+    print(
+        json.dumps({k: v for k, v in scores.items() if k != "missing_ids"})
+        if args.json
+        else format_scores(scores)
+    )
+    print(f"predictions: {args.out}", file=sys.stderr)
+    return 0
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
@@ -134,7 +204,34 @@ def _commands() -> list[Command]:
         p.add_argument("predictions", help="MMAU-format JSON list whose items carry model_output")
         p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    def train(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default="tiny-cpu", help="preset name (tiny-cpu, r1-aqa) or a YAML file")
+        p.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
+        p.add_argument("--run-dir", default=None, help="default: runs/<name>-<time>")
+        p.add_argument(
+            "--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint"
+        )
+        p.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def evaluation(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="an HF-format Qwen2-Audio folder")
+        p.add_argument("--data", required=True, help="MMAU-format JSON (or AVQA JSON lines)")
+        p.add_argument("--audio-root", default=None, help="where audio_id paths resolve")
+        p.add_argument("--out", required=True, help="predictions, MMAU format with model_output")
+        p.add_argument("--max-items", type=int, default=0)
+        p.add_argument("--max-tokens", type=int, default=256)
+        p.add_argument("--max-model-len", type=int, default=4096)
+        p.add_argument("--dtype", default="bfloat16")
+        p.add_argument("--thinking", action="store_true")
+        p.add_argument("--strict", action="store_true")
+        p.add_argument("--json", action="store_true")
+
     return [
+        ("train", "run GRPO training (Ray + vLLM + DeepSpeed)", train, _train),
+        ("eval", "evaluate a checkpoint on MMAU-format data with vLLM", evaluation, _eval),
         ("reward", "score JSON lines {response, answer} from stdin with R1-AQA's rewards", reward, _reward),
         ("score", "MMAU's official metric over a predictions file", score, _score),
         ("make-tiny", "build a Qwen2-Audio checkpoint with random weights, offline", make_tiny, _make_tiny),

@@ -281,6 +281,29 @@ class Learner:
             else 0.0
         )
 
+    # -- weight broadcast to the rollout pool (rank 0 is the sender) ----------------------------------
+
+    def weight_plan(self, bucket_bytes: int) -> dict:
+        from learner.weight_sync import weight_plan
+
+        return weight_plan(self, bucket_bytes)
+
+    def init_weight_sync(
+        self, host: str, port: int, world_size: int, backend: str | None = None, timeout_s: float = 300.0
+    ) -> None:
+        """Rank 0 joins the sync group as its rank 0 (other ranks hold no group)."""
+        from learner.weight_sync import open_group
+
+        self._sync_group = None
+        if self.rank == 0:
+            backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
+            self._sync_group = open_group(host, port, world_size, backend, timeout_s)
+
+    def send_weights(self, wire_plan: dict) -> dict[str, float]:
+        from learner.weight_sync import send_weights
+
+        return send_weights(self, getattr(self, "_sync_group", None), wire_plan)
+
     def flat_parameters(self) -> np.ndarray:
         """All weights as one float32 vector (tests compare ranks and runs with it)."""
         return torch.cat([p.detach().float().flatten() for p in self.model.parameters()]).numpy()

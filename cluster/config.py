@@ -1,0 +1,214 @@
+"""The one typed configuration of a training run, its YAML presets and `--set key=value` overrides.
+
+Defaults are R1-AQA's recipe. Presets live in `cluster/configs/*.yaml` and name only what differs;
+`load_config("tiny-cpu", ["learner.lr=1e-3"])` gives the resolved `RunConfig`, which the driver
+writes to the run directory as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from learner.learner import LearnerConfig
+from reward.rewards import RewardWeights
+from rollout.sampling import SamplingConfig
+from rollout.vllm_engine import EngineConfig
+
+PRESETS = Path(__file__).parent / "configs"
+
+
+def cache_dir() -> Path:
+    """Where generated assets (tiny model, synthetic data) live: $AUDIO_GRPO_CACHE or ~/.cache/audio-grpo."""
+    return Path(os.environ.get("AUDIO_GRPO_CACHE", Path.home() / ".cache" / "audio-grpo"))
+
+
+@dataclass
+class ModelConfig:
+    path: str = "Qwen/Qwen2-Audio-7B-Instruct"  # an HF folder on disk (no hub here)
+    # When `path` does not exist: build a tiny model there ("tiny" or "small") and give it a format
+    # warm start of `warm_start_steps` on the training data (0 = none).
+    build_if_missing: Literal["", "tiny", "small"] = ""
+    warm_start_steps: int = 0
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/avqa-train.jsonl"  # AVQA JSON lines (.jsonl) or MMAU JSON (.json)
+    eval: str = "data/mmau-test-mini.json"
+    audio_root: str = ""  # where audio paths resolve; "" = each data file's folder
+    eval_audio_root: str = ""
+    strict: bool = False  # stop before training if any row is invalid (default: skip and report)
+    eval_max_items: int = 0  # 0 = all
+    # When the files do not exist: write a synthetic set of this many items there (0 = never).
+    synthetic_items: int = 0
+    synthetic_tasks: str = ""  # comma-separated; "" = all tasks
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    gpus_per_worker: float = 1.0  # 0 on CPU
+    cpus_per_worker: float = 1.0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class LearnerGroupConfig:
+    num_ranks: int = 1
+    gpus_per_rank: float = 1.0  # 0 on CPU
+    cpus_per_rank: float = 1.0
+    optim: LearnerConfig = field(default_factory=LearnerConfig)
+
+
+@dataclass
+class RewardConfig:
+    weights: RewardWeights = field(default_factory=RewardWeights)
+    num_actors: int = 1
+
+
+@dataclass
+class SyncConfig:
+    bucket_mb: int = 256
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: float = 600.0
+
+
+@dataclass
+class TrainConfig:
+    questions_per_step: int = 16  # R1-AQA: 8 GPUs x 1 question x 2 accumulation steps; x n completions
+    max_steps: int = 1000
+    eval_every: int = 100  # 0 = never
+    save_every: int = 100  # 0 = only at the end
+    adv_eps: float = 1e-4
+    seed: int = 42
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_retries: int = 3  # re-runs of one step's work after a worker dies
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerGroupConfig = field(default_factory=LearnerGroupConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(kind, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(kind))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], where)
+    if origin is tuple:
+        return tuple(_coerce(v, a, where) for v, a in zip(value, typing.get_args(kind), strict=True))
+    if kind is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-6" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, str, bool) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(f'{where}{k}' for k in unknown)}; known: {sorted(names)}")
+    base = cls()
+    kwargs = {}
+    for name in names:
+        if name in values:
+            current = getattr(base, name)
+            if dataclasses.is_dataclass(current) and isinstance(values[name], dict):
+                merged = {**dataclasses.asdict(current), **values[name]}
+                kwargs[name] = _build(type(current), merged, f"{where}{name}.")
+            else:
+                kwargs[name] = _coerce(values[name], hints[name], f"{where}{name}")
+    return dataclasses.replace(base, **kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    preset = PRESETS / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    raise ConfigError(f"no config {name_or_path!r}: give a YAML path or a preset name ({', '.join(known)})")
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """A preset or YAML file, then `key=value` overrides (values parsed as YAML: 1e-6, true, [a, b])."""
+    tree = yaml.safe_load(resolve_preset(name_or_path).read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return _build(RunConfig, tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, tree)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(_plain(config.to_dict()), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def expand_path(path: str) -> Path:
+    """A configured path with `{cache}`, `~` and $VARIABLES expanded."""
+    return Path(os.path.expanduser(os.path.expandvars(path.replace("{cache}", str(cache_dir())))))

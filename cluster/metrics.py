@@ -1,0 +1,77 @@
+"""Step metrics, written three ways: metrics.jsonl, TensorBoard, and Ray's metrics API (which the
+Ray dashboard and its Prometheus endpoint show)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# Metric name -> description; each becomes the Ray gauge `audio_grpo_<name>`.
+GAUGES = {
+    "reward_mean": "mean total reward of the step's completions",
+    "accuracy": "fraction of completions whose answer is right",
+    "format_rate": "fraction of completions in the <answer></answer> format",
+    "kl": "mean per-token k3 KL to the reference",
+    "loss": "GRPO loss",
+    "grad_norm": "gradient norm before clipping",
+    "response_length": "mean completion length in tokens",
+    "generated_tokens_per_s": "completion tokens generated per second of generation",
+    "step_s": "seconds per training step",
+    "weight_sync_s": "seconds to broadcast the weights to every rollout worker",
+    "policy_version": "version of the policy the rollout pool holds",
+    "skipped_rows": "data rows skipped by validation",
+    "eval_accuracy": "held-out accuracy (MMAU metric, percent)",
+    "worker_restarts": "rollout and reward actors replaced after dying",
+}
+
+
+class MetricsSink:
+    def __init__(self, run_dir: Path, run_name: str, start_step: int = 0):
+        self.path = run_dir / "metrics.jsonl"
+        self._truncate_after(start_step)  # a resumed run re-does the steps after its checkpoint
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(
+                str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
+        except ImportError:  # tensorboard is optional
+            pass
+        from ray.util.metrics import Gauge
+
+        self._tags = {"run": run_name}
+        self._gauges = {
+            name: Gauge(f"audio_grpo_{name}", description=text, tag_keys=("run",))
+            for name, text in GAUGES.items()
+        }
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        step = int(record["step"])
+        for key, value in record.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+                continue
+            if self._tb is not None and key != "step":
+                self._tb.add_scalar(key, value, step)
+            if key in self._gauges:
+                self._gauges[key].set(float(value), tags=self._tags)
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,68 @@
+"""Placement: where every actor runs, decided in this one place.
+
+One placement group holds a bundle per learner rank, per rollout worker and per reward actor. An
+actor that dies is replaced in its own bundle, so a replacement never competes for resources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.config import RunConfig
+
+
+@dataclass
+class Placement:
+    group: PlacementGroup
+    learner_bundles: list[int]
+    rollout_bundles: list[int]
+    reward_bundles: list[int]
+
+    def options(self, bundle: int, cpus: float, gpus: float) -> dict:
+        """`.options(...)` for an actor pinned to `bundle`."""
+        return {
+            "num_cpus": cpus,
+            "num_gpus": gpus,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self.group, placement_group_bundle_index=bundle
+            ),
+        }
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def required_cpus(config: RunConfig) -> float:
+    return (
+        config.learner.num_ranks * config.learner.cpus_per_rank
+        + config.rollout.num_workers * config.rollout.cpus_per_worker
+        + config.reward.num_actors * 0.1
+    )
+
+
+def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
+    learner, rollout = config.learner, config.rollout
+    bundles = [_bundle(learner.cpus_per_rank, learner.gpus_per_rank) for _ in range(learner.num_ranks)]
+    bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker) for _ in range(rollout.num_workers)]
+    bundles += [_bundle(0.1, 0) for _ in range(config.reward.num_actors)]
+    group = placement_group(
+        bundles, strategy=config.train.placement_strategy, name=f"audio-grpo-{config.name}"
+    )
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        raise TimeoutError(
+            f"the cluster cannot place {bundles} ({config.train.placement_strategy}) "
+            f"within {timeout_s:.0f} s; available: {ray.available_resources()}"
+        )
+    n_learn, n_roll = learner.num_ranks, rollout.num_workers
+    return Placement(
+        group,
+        list(range(n_learn)),
+        list(range(n_learn, n_learn + n_roll)),
+        list(range(n_learn + n_roll, len(bundles))),
+    )

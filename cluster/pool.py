@@ -1,0 +1,234 @@
+"""Actor groups the driver talks to: the rollout pool, the reward actors, the learner ranks.
+
+Each group hides its actors: it spreads work over them, and when one dies it starts a replacement
+in the same placement bundle and re-runs exactly the work the dead one had (results are taken
+only from calls that returned, so no sample is counted twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from cluster.actors import LearnerActor, RewardActor, RolloutActor
+from cluster.config import RunConfig, expand_path
+from cluster.placement import Placement
+from learner.learner import LearnerBatch
+from rollout.question import AudioQuestion
+from rollout.sampling import SamplingConfig
+from rollout.vllm_engine import RolloutResult
+
+log = logging.getLogger("audio_grpo")
+DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@ray.remote(num_cpus=0)
+def _address_here() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), free_port()
+
+
+def address_in_bundle(placement: Placement, bundle: int) -> tuple[str, int]:
+    """IP and a free port on the node that holds `bundle` (where a rendezvous master will listen)."""
+    return ray.get(_address_here.options(**placement.options(bundle, 0, 0)).remote())
+
+
+class LearnerGroup:
+    """`num_ranks` learner actors forming one DeepSpeed data-parallel group."""
+
+    def __init__(self, config: RunConfig, placement: Placement, model_path: str):
+        cfg = config.learner
+        self.placement = placement
+        host, port = address_in_bundle(placement, placement.learner_bundles[0])
+        self.ranks = [
+            LearnerActor.options(**placement.options(bundle, cfg.cpus_per_rank, cfg.gpus_per_rank)).remote(
+                model_path, cfg.optim, rank=rank, world_size=cfg.num_ranks, master_addr=host, master_port=port
+            )
+            for rank, bundle in enumerate(placement.learner_bundles)
+        ]
+        ray.get([r.config_dict.remote() for r in self.ranks])  # raises here if a rank failed to start
+
+    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+        n = len(self.ranks)
+        metrics = ray.get([rank.train_step.remote(batch.shard(i, n)) for i, rank in enumerate(self.ranks)])
+        merged = dict(metrics[0])
+        for key in ("loss", "kl", "clip_ratio"):
+            merged[key] = sum(m[key] for m in metrics) / n
+        merged["responses"] = sum(m["responses"] for m in metrics)
+        return merged
+
+    def save(self, directory: str, state: dict[str, Any]) -> None:
+        ray.get([rank.save.remote(directory, state) for rank in self.ranks])
+
+    def load(self, directory: str) -> dict[str, Any]:
+        return ray.get([rank.load.remote(directory) for rank in self.ranks])[0]
+
+    def weight_plan(self, bucket_bytes: int) -> dict:
+        return ray.get([rank.weight_plan.remote(bucket_bytes) for rank in self.ranks])[0]
+
+
+class RolloutPool:
+    """The rollout workers, the weight-sync group they share with learner rank 0, and recovery."""
+
+    def __init__(self, config: RunConfig, placement: Placement, model_path: str):
+        self.config, self.placement, self.model_path = config, placement, model_path
+        self.workers = [self._start(bundle) for bundle in placement.rollout_bundles]
+        ray.get([w.ping.remote() for w in self.workers])
+        self.restarts = 0
+        self.version = 0
+        self._learner = None
+        self._plan: dict | None = None
+
+    def _start(self, bundle: int):
+        cfg = self.config.rollout
+        return RolloutActor.options(
+            **self.placement.options(bundle, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        ).remote(self.model_path, cfg.engine, self.config.learner.optim.thinking)
+
+    def _replace(self, index: int, reconnect: bool = True) -> None:
+        log.warning("rollout worker %d died; starting a replacement", index)
+        try:
+            ray.kill(self.workers[index])
+        except Exception:  # noqa: BLE001 - it is already gone
+            pass
+        self.workers[index] = self._start(self.placement.rollout_bundles[index])
+        ray.get(self.workers[index].ping.remote())
+        self.restarts += 1
+        if reconnect and self._learner is not None:  # the new worker must hold the current policy first
+            self.connect(self._learner, self._plan)
+            self.broadcast(self.version)
+
+    def generate(
+        self,
+        questions: list[AudioQuestion],
+        sampling: SamplingConfig,
+        greedy: bool = False,
+    ) -> list[RolloutResult]:
+        """Completions for every question, spread evenly over the workers; dead workers are replaced."""
+        chunks = [list(range(i, len(questions), len(self.workers))) for i in range(len(self.workers))]
+        results: list[RolloutResult | None] = [None] * len(questions)
+        pending = {i: chunk for i, chunk in enumerate(chunks) if chunk}
+        for _attempt in range(self.config.train.max_retries + 1):
+            futures = {
+                self.workers[i].generate.remote([questions[j] for j in chunk], sampling, greedy=greedy): i
+                for i, chunk in pending.items()
+            }
+            failed = {}
+            for future, i in futures.items():
+                try:
+                    for j, result in zip(pending[i], ray.get(future), strict=True):
+                        results[j] = result
+                except DEAD:
+                    failed[i] = pending[i]
+            if not failed:
+                return results  # type: ignore[return-value]
+            for i in failed:
+                self._replace(i)
+            pending = failed
+        raise RuntimeError(
+            f"rollout workers kept dying; gave up after {self.config.train.max_retries} retries"
+        )
+
+    def connect(self, learner: LearnerGroup, plan: dict) -> None:
+        """(Re)build the sync group: learner rank 0 is rank 0, worker i is rank i + 1."""
+        self._learner, self._plan = learner, plan
+        sync = self.config.sync
+        backend = (
+            sync.backend
+            if sync.backend != "auto"
+            else ("nccl" if self.config.rollout.gpus_per_worker else "gloo")
+        )
+        host, port = address_in_bundle(self.placement, self.placement.learner_bundles[0])
+        world = len(self.workers) + 1
+        joined = [
+            w.init_weight_sync.remote(host, port, i + 1, world, backend, sync.timeout_s)
+            for i, w in enumerate(self.workers)
+        ]
+        ray.get(learner.ranks[0].init_weight_sync.remote(host, port, world, backend, sync.timeout_s))
+        ray.get(joined)
+
+    def broadcast(self, version: int) -> float:
+        """Push the learner's weights to every worker; return the seconds it took.
+
+        A worker that dies mid-broadcast breaks the group for everyone (the sender's gloo/NCCL call
+        fails); the dead worker is replaced, the group rebuilt and the broadcast repeated.
+        """
+        started = time.perf_counter()
+        for _attempt in range(self.config.train.max_retries + 1):
+            received = [w.receive_weights.remote(self._plan, version) for w in self.workers]
+            sent = [rank.send_weights.remote(self._plan) for rank in self._learner.ranks]
+            try:
+                ray.get(sent + received)
+                self.version = version
+                return time.perf_counter() - started
+            except (*DEAD, ray.exceptions.RayTaskError, ray.exceptions.GetTimeoutError):
+                dead = [i for i, w in enumerate(self.workers) if not self._alive(w)]
+                if not dead:
+                    raise
+                for i in dead:
+                    self._replace(i, reconnect=False)
+                self.connect(self._learner, self._plan)
+        raise RuntimeError("weight broadcast kept failing")
+
+    @staticmethod
+    def _alive(worker) -> bool:
+        try:
+            return ray.get(worker.ping.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - any failure to answer means it is gone
+            return False
+
+    def versions(self) -> list[int]:
+        return ray.get([w.get_policy_version.remote() for w in self.workers])
+
+
+class RewardPool:
+    """Reward actors; a batch is split over them and a dead one is replaced and its share re-scored."""
+
+    def __init__(self, config: RunConfig, placement: Placement):
+        self.config, self.placement = config, placement
+        self.actors = [self._start(b) for b in placement.reward_bundles]
+        self.restarts = 0
+
+    def _start(self, bundle: int):
+        return RewardActor.options(**self.placement.options(bundle, 0.1, 0)).remote(
+            self.config.reward.weights
+        )
+
+    def score(self, responses: list[str], answers: list[str]) -> list:
+        n = len(self.actors)
+        shares = [list(range(i, len(responses), n)) for i in range(n)]
+        out: list = [None] * len(responses)
+        for _attempt in range(self.config.train.max_retries + 1):
+            futures = {
+                i: self.actors[i].score.remote([responses[j] for j in s], [answers[j] for j in s])
+                for i, s in enumerate(shares)
+                if s and any(out[j] is None for j in s)
+            }
+            dead = []
+            for i, future in futures.items():
+                try:
+                    for j, score in zip(shares[i], ray.get(future), strict=True):
+                        out[j] = score
+                except DEAD:
+                    dead.append(i)
+            if not dead:
+                return out
+            for i in dead:
+                log.warning("reward actor %d died; starting a replacement", i)
+                self.actors[i] = self._start(self.placement.reward_bundles[i])
+                self.restarts += 1
+        raise RuntimeError("reward actors kept dying")
+
+
+def model_path(config: RunConfig) -> str:
+    return str(expand_path(config.model.path))
