@@ -84,14 +84,91 @@ def pitch_batch(tokenizer, n_questions: int = 2, group: int = 4):
     return LearnerBatch(questions, waves, completions, index, advantages)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray instance per test session (no dashboard unless a test starts its own cluster)."""
+def ray_head():
+    """One real Ray cluster for the whole session: `ray start --head` on loopback, with the dashboard
+    (for `ray job submit`) and a Prometheus metrics endpoint. Stopped at the end of the session."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_metrics_report_interval_ms": "1000",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    head = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={ports['gcs']}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--metrics-export-port={ports['metrics']}",
+            "--num-cpus=8",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{ports['gcs']}"
+    deadline = time.time() + 120
+    while (
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "status", f"--address={address}"],
+            env=env,
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
+        if time.time() > deadline or head.poll() is not None:
+            raise RuntimeError("ray start --head did not come up")
+        time.sleep(1)
+    yield {
+        "address": address,
+        "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
+        "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
+        "env": env,
+    }
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This test process, connected as a driver to the session's Ray cluster."""
     import ray
 
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(
-        num_cpus=4,
-        include_dashboard=False,
+        address=ray_head["address"],
         log_to_driver=False,
         runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", "")}},
     )

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-from conftest import pitch_batch
+from conftest import free_port, pitch_batch
 
 from learner.learner import Learner, LearnerConfig
 from learner.policy import audio_embeddings, completion_logprobs, encode_questions
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PORT = free_port()  # the pytest process joins one gloo group of size 1, once

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import pitch_batch, tone
-from test_learner import free_port, make_learner
+from conftest import free_port, pitch_batch, tone
+from test_learner import make_learner
 
 from rollout.hf_engine import hf_generate
 from rollout.question import AudioQuestion

@@ -1,0 +1,282 @@
+"""The distributed training service, for real: `audio-grpo train` on a `ray start --head` cluster.
+
+One run is attacked while it trains (a rollout worker and the reward actor are SIGKILLed; the
+Prometheus endpoint is read); one driver is killed and resumed; one job goes through
+`ray job submit`. Each run uses the tiny-cpu preset on assets built once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "model.warm_start_steps=30", "--set", "sync.timeout_s=60", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def service_env(ray_head, tmp_path_factory):
+    """Environment for training subprocesses: the session's Ray cluster and a module asset cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {
+        **ray_head["env"],
+        "RAY_ADDRESS": ray_head["address"],
+        "AUDIO_GRPO_CACHE": str(cache),
+        "PYTHONUNBUFFERED": "1",
+    }
+    # Build the tiny model (with its warm start) and the data once, before any timed run.
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "from cluster.config import load_config; from cluster.assets import ensure_assets; "
+                "ensure_assets(load_config('tiny-cpu', ['model.warm_start_steps=30']))"
+            ),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    return env
+
+
+def start_train(env, run_dir: Path, *extra: str) -> subprocess.Popen:
+    log = open(run_dir.parent / f"{run_dir.name}.log", "a")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "train",
+            "--config",
+            "tiny-cpu",
+            "--run-dir",
+            str(run_dir),
+            *FAST,
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def steps_logged(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def actor_pids(class_name: str, since: float) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if p.info["cmdline"]
+        and p.info["cmdline"][0].startswith(f"ray::{class_name}")
+        and p.info["create_time"] >= since
+    ]
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"training exited (rc {process.returncode}) while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def prometheus_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_training_survives_killed_workers_and_exports_metrics(service_env, ray_head, tmp_path):
+    run_dir = tmp_path / "run"
+    started = time.time()
+    proc = start_train(
+        service_env,
+        run_dir,
+        "--max-steps",
+        "12",
+        "--set",
+        "train.eval_every=6",
+        "--set",
+        "train.save_every=6",
+    )
+    wait_for(lambda: len(steps_logged(run_dir)) >= 2, 300, "step 2", proc)
+    rollout = wait_for(lambda: actor_pids("RolloutWorker", started), 30, "rollout worker pids")
+    os.kill(rollout[0], signal.SIGKILL)
+    killed_at = len(steps_logged(run_dir))
+    wait_for(lambda: len(steps_logged(run_dir)) >= killed_at + 2, 300, "two steps after the kill", proc)
+    os.kill(wait_for(lambda: actor_pids("RewardScorer", started), 30, "reward actor pid")[0], signal.SIGKILL)
+    exported = wait_for(
+        lambda: "audio_grpo_reward_mean" in (text := prometheus_text(ray_head["metrics"])) and text,
+        120,
+        "metrics on the Prometheus endpoint",
+        proc,
+    )
+    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-4000:]
+
+    records = steps_logged(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert all(r["samples"] == 64 for r in records)  # every question re-generated once, none twice
+    assert [r["policy_version"] for r in records] == list(range(1, 13))
+    assert records[-1]["worker_restarts"] >= 2
+    for name in (
+        "reward_mean",
+        "accuracy",
+        "kl",
+        "weight_sync_s",
+        "policy_version",
+        "generated_tokens_per_s",
+    ):
+        assert f"audio_grpo_{name}" in exported
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rollout_policy_versions"] == [12, 12]
+    assert (run_dir / "config.yaml").is_file() and list((run_dir / "tensorboard").iterdir())
+    assert (run_dir / "eval" / "step-12.json").is_file() and "eval_accuracy" in records[-1]
+
+    # The last checkpoint loads in transformers, and in vLLM through `audio-grpo eval`.
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    checkpoint = run_dir / "checkpoints" / "step-12"
+    Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
+    data = Path(service_env["AUDIO_GRPO_CACHE"]) / "tiny-cpu" / "data"
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "eval",
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(data / "test-mmau.json"),
+            "--out",
+            str(tmp_path / "pred.json"),
+            "--max-items",
+            "16",
+            "--max-tokens",
+            "12",
+            "--dtype",
+            "float32",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=service_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert scores["n"] == 16 and 0.0 <= scores["total"] <= 100.0
+    assert len(json.loads((tmp_path / "pred.json").read_text())) == 16
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_its_last_checkpoint(service_env, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(
+        service_env, run_dir, "--max-steps", "8", "--set", "train.save_every=3", "--set", "train.eval_every=0"
+    )
+    wait_for(
+        lambda: (run_dir / "checkpoints" / "step-3").is_dir() and len(steps_logged(run_dir)) >= 4,
+        300,
+        "a checkpoint and one more step",
+        proc,
+    )
+    proc.kill()  # SIGKILL: no cleanup, as when a node dies
+    proc.wait()
+    assert len(steps_logged(run_dir)) < 8
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "train", "--resume", str(run_dir), "--no-progress"],
+        cwd=ROOT,
+        env=service_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr
+    records = steps_logged(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 9))  # the re-done steps are not doubled
+    assert [r["data_position"] for r in records] == [8 * s for s in range(1, 9)]
+    assert (run_dir / "checkpoints" / "step-8" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path):
+    import re
+
+    env = {k: v for k, v in service_env.items() if k != "RAY_ADDRESS"}
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "job"]
+    address = ["--address", ray_head["dashboard"]]
+    submitted = subprocess.run(
+        [
+            *ray_cli,
+            "submit",
+            *address,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "deploy/runtime-env.yaml",
+            "--",
+            "python",
+            "-m",
+            "cluster.cli",
+            "train",
+            "--config",
+            "tiny-cpu",
+            "--max-steps",
+            "2",
+            "--run-dir",
+            str(tmp_path / "job-run"),
+            *FAST,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+
+    def status() -> str | None:
+        out = subprocess.run([*ray_cli, "status", *address, job_id], env=env, capture_output=True, text=True)
+        # "Job 'raysubmit_...' succeeded" (or failed / was stopped); running jobs say "running".
+        found = re.search(r"(succeeded|failed|stopped)", out.stdout + out.stderr, re.IGNORECASE)
+        return found.group(1).upper() if found else None
+
+    final = wait_for(status, 900, "the job to finish")
+    logs = subprocess.run(
+        [*ray_cli, "logs", *address, job_id], env=env, capture_output=True, text=True
+    ).stdout
+    assert final == "SUCCEEDED", logs[-4000:]
+    assert "run directory:" in logs
+    assert [r["step"] for r in steps_logged(tmp_path / "job-run")] == [1, 2]
