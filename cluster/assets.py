@@ -62,7 +62,8 @@ def ensure_model(config: RunConfig, log=print) -> None:
         questions, _ = load_questions(expand_path(config.data.train), config.data.audio_root or None)
         waves = {q.id: load_audio(q.audio_path) for q in questions}
         log(
-            f"format warm start: {config.model.warm_start_steps} steps (teaches <answer>..</answer>, not the answer)"
+            f"format warm start: {config.model.warm_start_steps} steps "
+            "(teaches <answer>..</answer>, not the answer)"
         )
         staging = target.parent / (target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)

@@ -127,7 +127,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     print(
         f"run directory: {summary['run_dir']}\ncheckpoint:    {summary['checkpoint']}\n"
-        f"metrics:       {summary['metrics']}\nrollout workers' policy versions: {summary['rollout_policy_versions']}"
+        f"metrics:       {summary['metrics']}\n"
+        f"rollout workers' policy versions: {summary['rollout_policy_versions']}"
     )
     return 0
 

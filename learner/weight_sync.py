@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import time
 
-
 from learner.hf_format import published_state
 from rollout.weight_sync import SyncGroup, make_plan, pack_buckets, plan_to_wire
 

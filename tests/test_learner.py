@@ -9,7 +9,6 @@ from conftest import free_port, pitch_batch
 from learner.learner import Learner, LearnerConfig
 from learner.policy import audio_embeddings, completion_logprobs, encode_questions
 
-
 PORT = free_port()  # the pytest process joins one gloo group of size 1, once
 
 
