@@ -165,6 +165,38 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    import uvicorn
+
+    from deploy.policy import PolicyEngine
+    from deploy.server import ServeLimits, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if (args.model is None) == (args.run_dir is None):
+        raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
+    token = args.token or os.environ.get("AUDIO_GRPO_TOKEN") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(
+            "warning: serving beyond loopback without --token: anyone who can reach the port can use it",
+            file=sys.stderr,
+        )
+    limits = ServeLimits(
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds
+    )
+    app = create_app(
+        lambda: PolicyEngine(
+            args.model, args.run_dir, dtype=args.dtype, max_model_len=args.max_model_len, poll_s=args.poll_s
+        ),
+        limits,
+        token,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
@@ -230,7 +262,22 @@ def _commands() -> list[Command]:
         p.add_argument("--strict", action="store_true")
         p.add_argument("--json", action="store_true")
 
+    def serve(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default=None, help="serve this HF checkpoint folder")
+        p.add_argument("--run-dir", default=None, help="follow a training run: serve its newest checkpoint")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument(
+            "--token", default=None, help="bearer token for every route but /healthz (or $AUDIO_GRPO_TOKEN)"
+        )
+        p.add_argument("--dtype", default="bfloat16")
+        p.add_argument("--max-model-len", type=int, default=4096)
+        p.add_argument("--max-body-mb", type=float, default=5.0, help="request body limit")
+        p.add_argument("--max-audio-seconds", type=float, default=30.0, help="longer clips get a 413")
+        p.add_argument("--poll-s", type=float, default=2.0, help="checkpoint polling interval with --run-dir")
+
     return [
+        ("serve", "answer audio questions over HTTP with the current policy", serve, _serve),
         ("train", "run GRPO training (Ray + vLLM + DeepSpeed)", train, _train),
         ("eval", "evaluate a checkpoint on MMAU-format data with vLLM", evaluation, _eval),
         ("reward", "score JSON lines {response, answer} from stdin with R1-AQA's rewards", reward, _reward),

@@ -280,3 +280,41 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
     assert final == "SUCCEEDED", logs[-4000:]
     assert "run directory:" in logs
     assert [r["step"] for r in steps_logged(tmp_path / "job-run")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_endpoint_follows_a_live_training_run(service_env, tmp_path):
+    """`serve --run-dir` answers from the newest checkpoint while training goes on."""
+    import httpx
+    from test_serve import FORM, start_server, wav
+
+    run_dir = tmp_path / "run"
+    training = start_train(
+        service_env,
+        run_dir,
+        "--max-steps",
+        "16",
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "train.eval_every=0",
+    )
+    server, url = start_server(
+        ["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"], service_env
+    )
+    try:
+        versions = []
+        while training.poll() is None and len(set(versions)) < 3:
+            response = httpx.post(
+                f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=60
+            )
+            assert response.status_code == 200, response.text
+            versions.append(response.json()["policy_version"])
+            time.sleep(0.5)
+        assert training.wait(timeout=600) == 0
+        final = httpx.get(f"{url}/v1/policy", timeout=10).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert versions == sorted(versions) and len(set(versions)) >= 2, versions
+    assert versions[0] >= 2 and final["checkpoint"].startswith(str(run_dir / "checkpoints"))

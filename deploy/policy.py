@@ -1,0 +1,182 @@
+"""The served policy: vLLM's asynchronous engine, and how it follows a training run.
+
+Concurrent HTTP requests each become a request in vLLM's AsyncLLM, which batches them on the fly
+(continuous batching): nothing is serialised behind a lock. Serving modes:
+
+- `--model DIR`: serve one checkpoint; policy version = its step when it is a training checkpoint.
+- `--run-dir RUN_DIR`: follow a training run. A watcher polls `RUN_DIR/checkpoints/` and, when a
+  newer complete checkpoint appears, reloads it in place (vLLM `reload_weights` from the folder,
+  then prefix and encoder caches reset). Answers therefore come from the newest *saved* policy;
+  every answer reports the version (training step) and checkpoint that produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learner.checkpoint import latest_checkpoint, read_manifest
+from reward.rewards import extract_answer
+from rollout.audio import SAMPLE_RATE
+from rollout.prompt import render_prompt
+from rollout.sampling import forbidden_token_ids
+
+log = logging.getLogger("audio_grpo.serve")
+
+
+@dataclass
+class PolicyInfo:
+    model: str
+    version: int
+    step: int
+    checkpoint: str
+    loaded_at: float
+    run_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(read_manifest(folder)["step"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return 0
+
+
+class PolicyEngine:
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        run_dir: str | None = None,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int = 4096,
+        kv_cache_gib: float = 1.0,
+        poll_s: float = 2.0,
+    ):
+        if (model_dir is None) == (run_dir is None):
+            raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
+        self.run_dir = Path(run_dir) if run_dir else None
+        start = Path(model_dir) if model_dir else self._wait_for_first_checkpoint()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+        from transformers import AutoProcessor
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(
+                model=str(start),
+                dtype=dtype,
+                max_model_len=max_model_len,
+                limit_mm_per_prompt={"audio": 1},
+                enforce_eager=True,
+                disable_log_stats=True,
+            )
+        )
+        self.processor = AutoProcessor.from_pretrained(start)
+        self.forbidden = forbidden_token_ids(self.processor.tokenizer)
+        step = _step_of(start)
+        self.info = PolicyInfo(
+            str(start), step, step, str(start), time.time(), str(self.run_dir) if self.run_dir else None
+        )
+        self.poll_s = poll_s
+        self._reload_lock = asyncio.Lock()
+        self.in_flight = 0
+
+    def _wait_for_first_checkpoint(self, timeout_s: float = 3600) -> Path:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            found = latest_checkpoint(self.run_dir / "checkpoints")
+            if found is not None:
+                return found
+            log.info("waiting for the first checkpoint in %s ...", self.run_dir)
+            time.sleep(5)
+        raise TimeoutError(f"no checkpoint appeared in {self.run_dir} within {timeout_s:.0f} s")
+
+    async def reload(self, folder: Path) -> None:
+        """Load a checkpoint's weights in place; requests in flight finish on whichever weights."""
+        async with self._reload_lock:
+            started = time.perf_counter()
+            await self.engine.collective_rpc(
+                "reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True}
+            )
+            await self.engine.reset_prefix_cache()
+            await self.engine.reset_encoder_cache()
+            step = _step_of(folder)
+            self.info = PolicyInfo(self.info.model, step, step, str(folder), time.time(), self.info.run_dir)
+            log.info("now serving %s (version %d) after %.2f s", folder, step, time.perf_counter() - started)
+
+    async def follow(self) -> None:
+        """Reload each newer checkpoint of the run as it appears (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                newest = latest_checkpoint(self.run_dir / "checkpoints")
+                if newest is not None and _step_of(newest) > self.info.step:
+                    await self.reload(newest)
+            except Exception:  # a checkpoint removed while reading, etc.: try again next poll
+                log.exception("checkpoint watch failed; retrying")
+
+    async def answer(
+        self,
+        waveform: np.ndarray,
+        question: str,
+        choices: list[str],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        thinking: bool = False,
+    ) -> dict[str, Any]:
+        from vllm import SamplingParams
+
+        started = time.perf_counter()
+        info = self.info
+        prompt = render_prompt(self.processor, question, choices, thinking=thinking)
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            logit_bias={t: -100.0 for t in self.forbidden},
+        )
+        final = None
+        self.in_flight += 1
+        try:
+            async for output in self.engine.generate(
+                {"prompt": prompt, "multi_modal_data": {"audio": (waveform, SAMPLE_RATE)}},
+                params,
+                request_id=uuid.uuid4().hex,
+            ):
+                final = output
+        finally:
+            self.in_flight -= 1
+        responses = [o.text for o in final.outputs]
+        answers = [extract_answer(r) for r in responses]
+        return {
+            "answer": answers[0],
+            "valid": answers[0] in choices,
+            "response": responses[0],
+            "samples": [
+                {"answer": a, "valid": a in choices, "response": r}
+                for a, r in zip(answers, responses, strict=True)
+            ]
+            if n > 1
+            else None,
+            "policy_version": info.version,
+            "step": info.step,
+            "checkpoint": info.checkpoint,
+            "timing": {"generate_s": time.perf_counter() - started},
+        }
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
