@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast train lint format clean
+.PHONY: setup test test-fast train bench lint format clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test-fast: setup
 # Extra arguments: make train ARGS="--max-steps 100 --set learner.optim.lr=2e-3"
 train: setup
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/audio-grpo train --config tiny-cpu $(ARGS)
+
+# All benchmarks (about 15 to 20 minutes on 2 cores); figures land in bench/results/.
+bench: setup
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/run_all.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -89,6 +89,7 @@ class TrainConfig:
     eval_every: int = 100  # 0 = never
     save_every: int = 100  # 0 = only at the end
     adv_eps: float = 1e-4
+    flip_advantages: bool = False  # a control experiment: the learner climbs the wrong way
     seed: int = 42
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_retries: int = 3  # re-runs of one step's work after a worker dies

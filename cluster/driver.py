@@ -84,14 +84,14 @@ def evaluate(pool, questions: list[AudioQuestion], config: RunConfig, out_path: 
     return mmau_scores(items)
 
 
-def _step_batch(questions: list[AudioQuestion], results, scores, n: int, eps: float):
+def _step_batch(questions: list[AudioQuestion], results, scores, n: int, eps: float, flip: bool = False):
     """Keep questions that produced all n completions; build the learner batch and step figures."""
     kept = [
         (q, r) for q, r in zip(questions, results, strict=True) if not r.error and len(r.completions) == n
     ]
     flat = [s for s in scores if s is not None]
     rewards = torch.tensor([s.total for s in flat], dtype=torch.float32)
-    advantages = group_advantages(rewards, n, eps=eps)
+    advantages = group_advantages(rewards, n, eps=eps) * (-1.0 if flip else 1.0)
     batch = LearnerBatch(
         questions=[(q.question, q.choices) for q, _ in kept],
         waveforms=[load_audio(q.audio_path) for q, _ in kept],
@@ -170,8 +170,13 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             q.answer for q, r in zip(questions, results, strict=True) if not r.error for _ in r.completions
         ]
         scores = rewards.score(texts, answers)
-        batch, reward_values, flat = _step_batch(questions, results, scores, n, config.train.adv_eps)
+        scored = time.perf_counter()
+        batch, reward_values, flat = _step_batch(
+            questions, results, scores, n, config.train.adv_eps, config.train.flip_advantages
+        )
+        prepared = time.perf_counter()
         update = learner.train_step(batch)
+        learned = time.perf_counter()
         sync_s = pool.broadcast(step)
         tokens = sum(len(c) for c in batch.completions)
         record = {
@@ -188,6 +193,9 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             "samples": len(batch.completions),
             "generated_tokens_per_s": tokens / max(generated - started, 1e-9),
             "generate_s": generated - started,
+            "reward_s": scored - generated,
+            "batch_s": prepared - scored,
+            "learner_s": learned - prepared,
             "weight_sync_s": sync_s,
             "step_s": time.perf_counter() - started,
             "skipped_rows": len(report.skipped),

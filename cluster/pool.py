@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from cluster.actors import LearnerActor, RewardActor, RolloutActor
-from cluster.config import RunConfig, expand_path
+from cluster.config import RunConfig
 from cluster.placement import Placement
 from learner.learner import LearnerBatch
 from rollout.question import AudioQuestion
@@ -230,5 +230,17 @@ class RewardPool:
         raise RuntimeError("reward actors kept dying")
 
 
-def model_path(config: RunConfig) -> str:
-    return str(expand_path(config.model.path))
+def _peak_rss_mb(_actor=None) -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def peak_memory(learner: LearnerGroup, pool: RolloutPool, rewards: RewardPool) -> dict[str, list[float]]:
+    """Peak resident memory (MiB) of every actor, by kind, plus this driver."""
+    kinds = {"learner": learner.ranks, "rollout": pool.workers, "reward": rewards.actors}
+    out = {
+        kind: ray.get([a.__ray_call__.remote(_peak_rss_mb) for a in actors]) for kind, actors in kinds.items()
+    }
+    out["driver"] = [_peak_rss_mb()]
+    return out

@@ -139,6 +139,7 @@ class PolicyEngine:
         thinking: bool = False,
     ) -> dict[str, Any]:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         started = time.perf_counter()
         info = self.info
@@ -148,6 +149,7 @@ class PolicyEngine:
             temperature=temperature,
             max_tokens=max_tokens,
             logit_bias={t: -100.0 for t in self.forbidden},
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, holding all n samples
         )
         final = None
         self.in_flight += 1

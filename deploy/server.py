@@ -153,7 +153,8 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
                 )
         if request.method == "POST" and route.startswith("/v1/answer"):
             kind = request.headers.get("content-type", "")
-            if not kind.startswith("multipart/form-data"):
+            # A form without its file arrives url-encoded: let it through to say what is missing.
+            if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
                 requests.labels(route, "415").inc()
                 return JSONResponse(
                     {"detail": f"expected multipart/form-data, got {kind or 'no content type'}"},

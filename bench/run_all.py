@@ -1,0 +1,90 @@
+"""`make bench`: every benchmark in one go (about 15 to 20 minutes on 2 cores).
+
+Builds the `small` model and a synthetic data set once under bench/results/assets, then runs the
+weight-sync, rollout, end-to-end, learning-curve and HTTP-load benchmarks; each prints its table
+and writes JSON (and the learning curve a PNG) into bench/results/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ASSETS = RESULTS / "assets"
+
+
+def step(title: str, *command: str) -> None:
+    print(f"\n=== {title} ===\n$ {' '.join(command)}", flush=True)
+    started = time.time()
+    subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
+    print(f"({time.time() - started:.0f} s)", flush=True)
+
+
+def main() -> int:
+    env_cli = ["-m", "cluster.cli"]
+    small, tiny, data = ASSETS / "small", ASSETS / "tiny", ASSETS / "data"
+    if not (small / "config.json").exists():
+        step("build the small model", *env_cli, "make-tiny", str(small), "--size", "small")
+    if not (tiny / "config.json").exists():
+        step("build the tiny model", *env_cli, "make-tiny", str(tiny), "--size", "tiny")
+    if not (data / "train.jsonl").exists():
+        step("build synthetic data", *env_cli, "make-data", str(data), "--n", "256")
+    step("weight sync", "bench/weight_sync.py", "--models", f"tiny={tiny},small={small}", "--repeats", "5")
+    step("rollout engines", "bench/rollout.py", "--model", str(small), "--batches", "1,4,8")
+    step(
+        "end to end",
+        "bench/e2e.py",
+        "--model",
+        str(small),
+        "--data-dir",
+        str(data),
+        "--steps",
+        "8",
+        "--rounds",
+        "2",
+    )
+    step("learning curve", "bench/learning_curve.py", "--steps", "60", "--eval-every", "10")
+    port = "8799"
+    server = subprocess.Popen(
+        [sys.executable, *env_cli, "serve", "--model", str(tiny), "--dtype", "float32", "--port", port],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        import httpx
+
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        step(
+            "HTTP load",
+            "bench/http_load.py",
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--concurrency",
+            "1,4,16",
+            "--requests",
+            "64",
+            "--out",
+            str(RESULTS / "http_load.json"),
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+    print(f"\nall figures in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
