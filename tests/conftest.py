@@ -44,19 +44,24 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_vllm(tiny_model_dir):
-    """One vLLM engine (fp32, eager) on the tiny model, shared by every test that needs one."""
+def fp32_llm(model_dir):
+    """A vLLM engine in fp32 (where its greedy output equals transformers' token for token)."""
     from vllm import LLM
 
-    llm = LLM(
-        model=str(tiny_model_dir),
+    return LLM(
+        model=str(model_dir),
         dtype="float32",
         max_model_len=2048,
         limit_mm_per_prompt={"audio": 1},
         enforce_eager=True,
         seed=0,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm(tiny_model_dir):
+    """One vLLM engine (fp32, eager) on the tiny model, shared by every test that needs one."""
+    llm = fp32_llm(tiny_model_dir)
     yield llm
     del llm
 

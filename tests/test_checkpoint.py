@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pitch_batch
+from conftest import fp32_llm, pitch_batch
 from safetensors import safe_open
 from test_learner import make_learner
 from test_tiny_model import assert_same_greedy, hf_greedy
@@ -48,17 +48,8 @@ def test_checkpoint_is_a_published_layout_hf_folder(trained):
 
 @pytest.mark.slow
 def test_checkpoint_loads_in_vllm_with_hf_equal_greedy(trained):
-    from vllm import LLM
-
     _, _, path = trained
-    llm = LLM(
-        model=path,
-        dtype="float32",
-        max_model_len=2048,
-        limit_mm_per_prompt={"audio": 1},
-        enforce_eager=True,
-        seed=0,
-    )
+    llm = fp32_llm(path)
     try:
         from test_tiny_model import vllm_greedy
 
