@@ -108,7 +108,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
     from cluster.assets import ensure_assets
     from cluster.metrics import MetricsSink
     from cluster.placement import make_placement
-    from cluster.pool import LearnerGroup, RewardPool, RolloutPool
+    from cluster.pool import LearnerGroup, RewardPool, RolloutPool, peak_memory
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
@@ -224,12 +224,14 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
     bar.close()
     metrics.close()
     versions = pool.versions()
+    memory = peak_memory(learner, pool, rewards)
     ray.util.remove_placement_group(placement.group)
     summary = {
         "run_dir": str(run_dir),
         "checkpoint": str(last_saved or checkpoint),
         "metrics": str(run_dir / "metrics.jsonl"),
         "rollout_policy_versions": versions,
+        "peak_rss_mib": memory,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return run_dir
