@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from rollout.audio import AudioError, AudioTooLongError, load_audio
+
+log = logging.getLogger("audio_grpo.serve")
 
 
 @dataclass
@@ -193,9 +196,15 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
     async def run(wave, question: str, choices: list[str], temperature: float, max_tokens: int, n: int):
         engine = state["engine"]
         state["max_in_flight"] = max(state["max_in_flight"], engine.in_flight + 1)
-        return await engine.answer(
-            wave, question, choices, temperature=temperature, max_tokens=max_tokens, n=n
-        )
+        try:
+            return await engine.answer(
+                wave, question, choices, temperature=temperature, max_tokens=max_tokens, n=n
+            )
+        except Exception as err:
+            log.exception("generation failed")
+            if not engine.healthy:  # the engine process is gone: say so, and /healthz now fails too
+                raise HTTPException(503, "the policy engine has stopped; see the server log") from err
+            raise HTTPException(500, f"generation failed: {type(err).__name__}: {err}") from err
 
     @app.post("/v1/answer", summary="Answer one question about an audio clip")
     async def answer(
@@ -263,8 +272,10 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
             "max_in_flight": state["max_in_flight"],
         }
 
-    @app.get("/healthz", summary="Liveness (no token needed)")
+    @app.get("/healthz", summary="Liveness (no token needed): 503 once the engine has died")
     async def healthz():
+        if not state["engine"].healthy:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -40,6 +40,7 @@ def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.P
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    proc.log_path = Path(log.name)  # for tests that read the server's log
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:

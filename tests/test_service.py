@@ -310,7 +310,7 @@ def test_endpoint_follows_a_live_training_run(service_env, tmp_path):
             response = httpx.post(
                 f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=60
             )
-            assert response.status_code == 200, response.text
+            assert response.status_code == 200, (response.text, server.log_path.read_text()[-4000:])
             versions.append(response.json()["policy_version"])
             time.sleep(0.5)
         final = httpx.get(f"{url}/v1/policy", timeout=10).json()

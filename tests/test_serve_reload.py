@@ -1,0 +1,92 @@
+"""Serving a training run: checkpoint reloads under concurrent load, and a dead engine said plainly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from test_serve import FORM, start_server, wav
+
+pytestmark = pytest.mark.slow
+
+
+def publish(model_dir: Path, checkpoints: Path, step: int) -> None:
+    """Land a checkpoint the way training does: write `step-N.partial/`, then rename it."""
+    partial = checkpoints / f"step-{step}.partial"
+    shutil.copytree(model_dir, partial)
+    (partial / "checkpoint.json").write_text(json.dumps({"step": step}))
+    partial.rename(checkpoints / f"step-{step}")
+
+
+@pytest.fixture(scope="module")
+def followed_run(tiny_model_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("followed") / "run"
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    publish(tiny_model_dir, checkpoints, 1)
+    proc, url = start_server(["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.1"])
+    yield proc, url, checkpoints
+    proc.kill()
+    proc.wait(timeout=60)
+
+
+def test_reloads_under_concurrent_requests_lose_no_answer(followed_run, tiny_model_dir):
+    proc, url, checkpoints = followed_run
+    stop = threading.Event()
+
+    def keep_publishing():
+        step = 2
+        while not stop.is_set():
+            publish(tiny_model_dir, checkpoints, step)
+            step += 1
+            time.sleep(0.3)
+
+    def client(i: int) -> list[tuple[int, int | None]]:
+        seen = []
+        with httpx.Client(timeout=120) as http:
+            for _ in range(12):
+                r = http.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav(1 + i % 3))}, data=FORM)
+                seen.append((r.status_code, r.json().get("policy_version")))
+        return seen
+
+    publisher = threading.Thread(target=keep_publishing)
+    publisher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(client, range(4)))
+    finally:
+        stop.set()
+        publisher.join()
+    log = proc.log_path.read_text()
+    assert all(code == 200 for seen in results for code, _ in seen), (results, log[-3000:])
+    for seen in results:  # each client sees the policy only move forward
+        versions = [v for _, v in seen]
+        assert versions == sorted(versions), versions
+    assert len({v for seen in results for _, v in seen}) >= 3, results
+    # Caches are cleared only once the requests in flight have drained.
+    assert log.count("now serving") >= 3
+    assert "Resetting the encoder cache when requests are in progress" not in log
+
+
+def test_a_dead_engine_gets_503_and_fails_the_health_check(followed_run):
+    proc, url, _ = followed_run
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in p.name()]
+    assert engines, [p.name() for p in psutil.Process(proc.pid).children(recursive=True)]
+    for engine in engines:
+        engine.kill()
+    deadline = time.time() + 60
+    while httpx.get(f"{url}/healthz", timeout=10).status_code == 200 and time.time() < deadline:
+        time.sleep(0.5)
+    health = httpx.get(f"{url}/healthz", timeout=10)
+    assert health.status_code == 503 and health.json() == {"status": "engine stopped"}
+    r = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=60)
+    assert r.status_code == 503, r.text
+    assert "engine has stopped" in r.json()["detail"]
