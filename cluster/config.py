@@ -90,6 +90,11 @@ class TrainConfig:
     save_every: int = 100  # 0 = only at the end
     adv_eps: float = 1e-4
     flip_advantages: bool = False  # a control experiment: the learner climbs the wrong way
+    # Generate step k+1's completions while the learner updates on step k's. The rollouts then come
+    # from the policy one update behind; the loss corrects for it with the importance ratio
+    # pi_theta / pi_rollout per token (the rollout engine's log-probs), clipped to
+    # [1 - epsilon_low, 1 + epsilon_high] as in PPO. Needs sampling temperature 1.
+    overlap_rollout: bool = False
     seed: int = 42
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_retries: int = 3  # re-runs of one step's work after a worker dies
@@ -131,13 +136,11 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return _coerce(value, options[0], where)
     if origin is tuple:
         return tuple(_coerce(v, a, where) for v, a in zip(value, typing.get_args(kind), strict=True))
-    if kind is float and isinstance(value, str):
+    if kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "1e-6" (no dot) as a string
             return float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
     if kind in (int, str, bool) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
     return value

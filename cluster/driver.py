@@ -84,7 +84,9 @@ def evaluate(pool, questions: list[AudioQuestion], config: RunConfig, out_path: 
     return mmau_scores(items)
 
 
-def _step_batch(questions: list[AudioQuestion], results, scores, n: int, eps: float, flip: bool = False):
+def _step_batch(
+    questions: list[AudioQuestion], results, scores, n: int, eps: float, flip: bool, behaviour: bool
+):
     """Keep questions that produced all n completions; build the learner batch and step figures."""
     kept = [
         (q, r) for q, r in zip(questions, results, strict=True) if not r.error and len(r.completions) == n
@@ -98,6 +100,7 @@ def _step_batch(questions: list[AudioQuestion], results, scores, n: int, eps: fl
         completions=[c.token_ids for _, r in kept for c in r.completions],
         question_index=[i for i, (_, r) in enumerate(kept) for _ in r.completions],
         advantages=advantages.tolist(),
+        behaviour_logprobs=[c.logprobs for _, r in kept for c in r.completions] if behaviour else None,
     )
     return batch, rewards, flat
 
@@ -132,6 +135,11 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
         )
     eval_set = eval_set[: data.eval_max_items or None]
     sampling, n = config.rollout.sampling, config.rollout.sampling.n
+    if config.train.overlap_rollout and sampling.temperature != 1.0:
+        raise ValueError(
+            "train.overlap_rollout corrects with the rollout engine's log-probs, which vLLM reports at "
+            f"temperature 1; rollout.sampling.temperature is {sampling.temperature}"
+        )
     config.learner.optim = replace(
         config.learner.optim, temperature=sampling.temperature, max_completion_length=sampling.max_tokens
     )
@@ -160,11 +168,20 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
         total=config.train.max_steps, initial=start, disable=not progress, file=sys.stderr, unit="step"
     )
     last_saved = None
+    overlap = config.train.overlap_rollout
+    qps = config.train.questions_per_step
+    questions = [train_set[i] for i in sampler.take(qps)]
+    inflight = pool.submit(questions, sampling, want_logprobs=overlap)
     for step in range(start + 1, config.train.max_steps + 1):
+        last = step == config.train.max_steps
         started = time.perf_counter()
-        questions = [train_set[i] for i in sampler.take(config.train.questions_per_step)]
-        results = pool.generate(questions, sampling)
+        results = pool.collect(inflight)
         generated = time.perf_counter()
+        position = sampler.position  # the data this step has consumed: a resume starts after it
+        upcoming = None
+        if overlap and not last:  # the next step's rollouts run during this update, on this policy
+            upcoming = [train_set[i] for i in sampler.take(qps)]
+            inflight = pool.submit(upcoming, sampling, want_logprobs=True)
         texts = [c.text for r in results if not r.error for c in r.completions]
         answers = [
             q.answer for q, r in zip(questions, results, strict=True) if not r.error for _ in r.completions
@@ -172,16 +189,20 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
         scores = rewards.score(texts, answers)
         scored = time.perf_counter()
         batch, reward_values, flat = _step_batch(
-            questions, results, scores, n, config.train.adv_eps, config.train.flip_advantages
+            questions, results, scores, n, config.train.adv_eps, config.train.flip_advantages, overlap
         )
         prepared = time.perf_counter()
         update = learner.train_step(batch)
         learned = time.perf_counter()
+        if upcoming is not None:
+            inflight.wait()  # workers apply the broadcast only once their generation is done
+        waited = time.perf_counter()
         sync_s = pool.broadcast(step)
         tokens = sum(len(c) for c in batch.completions)
         record = {
             "step": step,
             "policy_version": step,
+            "rollout_version": min((r.policy_version for r in results), default=step - 1),
             "reward_mean": float(reward_values.mean()),
             "accuracy": float(np.mean([s.accuracy for s in flat])),
             "format_rate": float(np.mean([s.format for s in flat])),
@@ -189,6 +210,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             "loss": update["loss"],
             "grad_norm": update["grad_norm"],
             "lr": update["lr"],
+            "clip_ratio": update["clip_ratio"],
             "response_length": tokens / max(1, len(batch.completions)),
             "samples": len(batch.completions),
             "generated_tokens_per_s": tokens / max(generated - started, 1e-9),
@@ -196,12 +218,13 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             "reward_s": scored - generated,
             "batch_s": prepared - scored,
             "learner_s": learned - prepared,
+            "rollout_wait_s": waited - learned,
             "weight_sync_s": sync_s,
             "step_s": time.perf_counter() - started,
             "skipped_rows": len(report.skipped),
             "failed_questions": sum(1 for r in results if r.error),
             "worker_restarts": pool.restarts + rewards.restarts,
-            "data_position": sampler.position,
+            "data_position": position,
         }
         if config.train.eval_every and (
             step % config.train.eval_every == 0 or step == config.train.max_steps
@@ -212,7 +235,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             config.train.save_every and step % config.train.save_every == 0
         ) or step == config.train.max_steps:
             last_saved = run_dir / "checkpoints" / f"step-{step}"
-            learner.save(str(last_saved), {"step": step, "data_position": sampler.position})
+            learner.save(str(last_saved), {"step": step, "data_position": position})
         metrics.log(record)
         bar.set_postfix(
             reward=f"{record['reward_mean']:.2f}",
@@ -221,6 +244,10 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             tok_s=f"{record['generated_tokens_per_s']:.0f}",
         )
         bar.update(1)
+        if not overlap and not last:
+            upcoming = [train_set[i] for i in sampler.take(qps)]
+            inflight = pool.submit(upcoming, sampling)
+        questions = upcoming
     bar.close()
     metrics.close()
     versions = pool.versions()

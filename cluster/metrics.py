@@ -21,6 +21,8 @@ GAUGES = {
     "step_s": "seconds per training step",
     "weight_sync_s": "seconds to broadcast the weights to every rollout worker",
     "policy_version": "version of the policy the rollout pool holds",
+    "rollout_version": "policy version that generated the step's completions (one behind with overlap)",
+    "clip_ratio": "fraction of tokens whose importance ratio was clipped",
     "skipped_rows": "data rows skipped by validation",
     "eval_accuracy": "held-out accuracy (MMAU metric, percent)",
     "worker_restarts": "rollout and reward actors replaced after dying",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -77,6 +78,20 @@ class LearnerGroup:
         return ray.get([rank.weight_plan.remote(bucket_bytes) for rank in self.ranks])[0]
 
 
+@dataclass
+class Rollouts:
+    """Generation in flight: which worker holds which questions (`RolloutPool.collect` waits)."""
+
+    questions: list[AudioQuestion]
+    call: tuple
+    pending: dict[int, list[int]]
+    futures: dict[int, Any]
+
+    def wait(self) -> None:
+        """Block until every worker has finished (without fetching or checking the results)."""
+        ray.wait(list(self.futures.values()), num_returns=len(self.futures))
+
+
 class RolloutPool:
     """The rollout workers, the weight-sync group they share with learner rank 0, and recovery."""
 
@@ -108,23 +123,31 @@ class RolloutPool:
             self.connect(self._learner, self._plan)
             self.broadcast(self.version)
 
-    def generate(
-        self,
-        questions: list[AudioQuestion],
-        sampling: SamplingConfig,
-        greedy: bool = False,
-    ) -> list[RolloutResult]:
-        """Completions for every question, spread evenly over the workers; dead workers are replaced."""
+    def submit(
+        self, questions: list[AudioQuestion], sampling: SamplingConfig, greedy: bool = False, **kwargs
+    ) -> Rollouts:
+        """Start generating: the questions are spread evenly over the workers (one batch each)."""
         chunks = [list(range(i, len(questions), len(self.workers))) for i in range(len(self.workers))]
-        results: list[RolloutResult | None] = [None] * len(questions)
         pending = {i: chunk for i, chunk in enumerate(chunks) if chunk}
+        call = (sampling, greedy, kwargs)
+        return Rollouts(questions, call, pending, self._launch(questions, call, pending))
+
+    def _launch(self, questions, call, pending: dict[int, list[int]]) -> dict:
+        sampling, greedy, kwargs = call
+        return {
+            i: self.workers[i].generate.remote(
+                [questions[j] for j in chunk], sampling, greedy=greedy, **kwargs
+            )
+            for i, chunk in pending.items()
+        }
+
+    def collect(self, rollouts: Rollouts) -> list[RolloutResult]:
+        """Wait for submitted work; a dead worker is replaced and its share generated again."""
+        results: list[RolloutResult | None] = [None] * len(rollouts.questions)
+        pending, futures = rollouts.pending, rollouts.futures
         for _attempt in range(self.config.train.max_retries + 1):
-            futures = {
-                self.workers[i].generate.remote([questions[j] for j in chunk], sampling, greedy=greedy): i
-                for i, chunk in pending.items()
-            }
             failed = {}
-            for future, i in futures.items():
+            for i, future in futures.items():
                 try:
                     for j, result in zip(pending[i], ray.get(future), strict=True):
                         results[j] = result
@@ -135,9 +158,16 @@ class RolloutPool:
             for i in failed:
                 self._replace(i)
             pending = failed
+            futures = self._launch(rollouts.questions, rollouts.call, pending)
         raise RuntimeError(
             f"rollout workers kept dying; gave up after {self.config.train.max_retries} retries"
         )
+
+    def generate(
+        self, questions: list[AudioQuestion], sampling: SamplingConfig, greedy: bool = False, **kwargs
+    ) -> list[RolloutResult]:
+        """Completions for every question, spread evenly over the workers; dead workers are replaced."""
+        return self.collect(self.submit(questions, sampling, greedy, **kwargs))
 
     def connect(self, learner: LearnerGroup, plan: dict) -> None:
         """(Re)build the sync group: learner rank 0 is rank 0, worker i is rank i + 1."""

@@ -42,6 +42,12 @@ class LearnerConfig:
     micro_batch_questions: int = 1  # questions (with all their completions) per forward/backward
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    # Run each question's prompt (audio included) once and its completions on top of the cached
+    # prompt: the same numbers as one row per completion, with ~1/n of the prompt compute.
+    share_prompt: bool = True
+    # torch threads on CPU: 0 keeps Ray's setting (the actor's num_cpus), -1 takes every core (the
+    # rollout workers sit idle during the update unless train.overlap_rollout is on).
+    cpu_threads: int = 0
     thinking: bool = False  # prompts ask for <think> first
     seed: int = 0
 
@@ -55,6 +61,9 @@ class LearnerBatch:
     completions: list[list[int]]  # token ids, grouped: completions of question q are consecutive
     question_index: list[int]  # completion -> index into questions
     advantages: list[float]  # one per completion
+    # The sampling policy's log-prob of each completion token (from the rollout engine). Given, it is
+    # the ratio's denominator: the off-policy correction for rollouts made one update behind.
+    behaviour_logprobs: list[list[float]] | None = None
 
     def shard(self, rank: int, world_size: int) -> LearnerBatch:
         """This rank's questions (a contiguous slice) with all their completions."""
@@ -69,6 +78,7 @@ class LearnerBatch:
             [self.completions[i] for i in rows],
             [self.question_index[i] - lo for i in rows],
             [self.advantages[i] for i in rows],
+            [self.behaviour_logprobs[i] for i in rows] if self.behaviour_logprobs else None,
         )
 
 
@@ -147,6 +157,8 @@ class Learner:
             rank, world_size, master_addr, master_port, "nccl" if self.device.type == "cuda" else "gloo"
         )
         torch.manual_seed(config.seed + rank)
+        if self.device.type == "cpu" and config.cpu_threads:
+            torch.set_num_threads((os.cpu_count() or 1) if config.cpu_threads < 0 else config.cpu_threads)
         dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
 
         self.processor = AutoProcessor.from_pretrained(self.model_path)
@@ -198,11 +210,26 @@ class Learner:
         advantages = torch.tensor([batch.advantages[i] for i in picked], dtype=torch.float32)
         return rows, advantages
 
+    def _behaviour(self, batch: LearnerBatch, questions: list[int], width: int) -> torch.Tensor | None:
+        """The rollout engine's log-probs for these questions' rows, padded like the rows: [N, T]."""
+        if not batch.behaviour_logprobs:
+            return None
+        picked = [i for i, q in enumerate(batch.question_index) if q in questions]
+        out = torch.zeros(len(picked), width)
+        for row, i in enumerate(picked):
+            values = batch.behaviour_logprobs[i]
+            if len(values) != len(batch.completions[i]):
+                raise ValueError(
+                    f"completion {i}: {len(values)} log-probs for {len(batch.completions[i])} tokens"
+                )
+            out[row, : len(values)] = torch.tensor(values)
+        return out
+
     def _logprobs(self, model, rows, encoded, questions: list[int]) -> torch.Tensor:
         audio = audio_embeddings(
             model, encoded.input_features[questions], encoded.feature_attention_mask[questions]
         )
-        return completion_logprobs(model, rows, audio, self.config.temperature)
+        return completion_logprobs(model, rows, audio, self.config.temperature, self.config.share_prompt)
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One GRPO update (or `updates_per_batch` of them) on this rank's share of the batch."""
@@ -223,8 +250,14 @@ class Learner:
                 self._logprobs(self.reference, rows, encoded, q) if self.reference is not None else None
                 for q, rows, _ in prepared
             ]
+            # The ratio's denominator: the sampling policy's log-probs when the rollouts came with
+            # them, else this policy before the update (which only matters for several updates).
             olds = [
-                self._logprobs(self.model, rows, encoded, q) if cfg.updates_per_batch > 1 else None
+                self._behaviour(batch, q, rows.completion_ids.size(1))
+                if batch.behaviour_logprobs
+                else self._logprobs(self.model, rows, encoded, q)
+                if cfg.updates_per_batch > 1
+                else None
                 for q, rows, _ in prepared
             ]
         totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
@@ -237,7 +270,7 @@ class Learner:
                     ref,
                     advantages.to(logp.device),
                     rows.completion_mask.to(logp.device),
-                    old_logp=old,
+                    old_logp=old.to(logp.device) if old is not None else None,
                     beta=cfg.beta,
                     epsilon_low=cfg.epsilon_low,
                     epsilon_high=cfg.epsilon_high,

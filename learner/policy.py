@@ -101,31 +101,69 @@ def build_rows(
     return CompletionBatch(ids, attention, comp_ids, mask, torch.tensor(question_index), prompt_len)
 
 
-def completion_logprobs(
-    model, batch: CompletionBatch, audio: list[torch.Tensor], temperature: float = 1.0
-) -> torch.Tensor:
-    """log p(completion token | prompt, audio, earlier tokens) for every row: [N, T]."""
-    core = model.model
-    embed = core.get_input_embeddings()
-    device = embed.weight.device
-    ids = batch.input_ids.to(device)
-    attention = batch.attention_mask.to(device)
-    inputs_embeds = embed(ids)
+def _merge_audio(model, ids: torch.Tensor, prompt_length: int, features: torch.Tensor) -> torch.Tensor:
+    """Token embeddings of `ids` with the audio features scattered into the prompts' audio slots."""
+    embeds = model.model.get_input_embeddings()(ids)
     # Audio slots only inside the prompt: a sampled <|AUDIO|> in a completion stays a plain token
     # (a young policy can sample it, and the merge would then fail).
-    audio_slots = ids == model.config.audio_token_id
-    audio_slots[:, batch.prompt_length :] = False
-    features = torch.cat([audio[int(q)] for q in batch.question_index]).to(inputs_embeds.dtype)
-    if int(audio_slots.sum()) != features.shape[0]:
+    slots = ids == model.config.audio_token_id
+    slots[:, prompt_length:] = False
+    if int(slots.sum()) != features.shape[0]:
         raise ValueError(
-            f"{int(audio_slots.sum())} audio tokens in the prompts but {features.shape[0]} audio features"
+            f"{int(slots.sum())} audio tokens in the prompts but {features.shape[0]} audio features"
         )
-    inputs_embeds = inputs_embeds.masked_scatter(audio_slots.unsqueeze(-1), features)
+    return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+
+
+def completion_logprobs(
+    model,
+    batch: CompletionBatch,
+    audio: list[torch.Tensor],
+    temperature: float = 1.0,
+    share_prompt: bool = True,
+) -> torch.Tensor:
+    """log p(completion token | prompt, audio, earlier tokens) for every row: [N, T].
+
+    With `share_prompt`, each question's prompt runs once and its completions run on top of that
+    prompt's key/value cache (picked per row, so gradients flow back into the one prompt pass):
+    the numbers of one full row per completion, with 1/n of the prompt compute. Off under
+    gradient checkpointing, whose recomputation would append to the cache twice.
+    """
+    lm = model.model.language_model
+    device = model.model.get_input_embeddings().weight.device
+    ids = batch.input_ids.to(device)
+    attention = batch.attention_mask.to(device)
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: match generation's positions
-    hidden = core.language_model(
-        inputs_embeds=inputs_embeds, attention_mask=attention, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    # The hidden state at position t predicts token t + 1: the completion's logits start at P - 1.
-    start, length = batch.prompt_length - 1, batch.completion_ids.size(1)
-    logits = model.lm_head(hidden[:, start : start + length])
+    start, length = batch.prompt_length, batch.completion_ids.size(1)
+    if share_prompt and not getattr(lm, "gradient_checkpointing", False):
+        questions, row_to_prompt = torch.unique(batch.question_index, return_inverse=True)
+        first_rows = [int((batch.question_index == q).nonzero()[0]) for q in questions]
+        features = torch.cat([audio[int(q)] for q in questions])
+        prompt = lm(
+            inputs_embeds=_merge_audio(model, ids[first_rows, :start], start, features),
+            attention_mask=attention[first_rows, :start],
+            position_ids=position_ids[first_rows, :start],
+            use_cache=True,
+        )
+        cache = prompt.past_key_values
+        cache.batch_select_indices(row_to_prompt.to(device))
+        tail = lm(
+            inputs_embeds=model.model.get_input_embeddings()(ids[:, start:]),
+            attention_mask=attention,
+            position_ids=position_ids[:, start:],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        # The prompt's last state predicts the first completion token; the tail's state t, token t + 1.
+        first = prompt.last_hidden_state[:, -1:][row_to_prompt.to(device)]
+        hidden = torch.cat([first, tail[:, :-1]], dim=1)
+    else:
+        features = torch.cat([audio[int(q)] for q in batch.question_index])
+        hidden = lm(
+            inputs_embeds=_merge_audio(model, ids, start, features),
+            attention_mask=attention,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state[:, start - 1 : start - 1 + length]
+    logits = model.lm_head(hidden)
     return token_logprobs(logits, batch.completion_ids.to(device), temperature)

@@ -84,6 +84,33 @@ def test_several_updates_per_batch_activate_clipping(tiny_model_dir):
     assert metrics["clip_ratio"] > 0.0
 
 
+def test_rollout_logprobs_are_the_ratio_denominator(tiny_model_dir):
+    """Overlapped rollouts bring the sampling policy's log-probs: equal to the learner's own they
+    change nothing; from a policy far off, the ratio is clipped."""
+    from dataclasses import replace
+
+    results = {}
+    for case in ("none", "same", "far"):
+        learner = make_learner(tiny_model_dir, max_grad_norm=1e9)
+        batch = pitch_batch(learner.processor.tokenizer)
+        if case != "none":
+            encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
+            rows, _ = learner._rows(batch, encoded, list(range(len(batch.questions))))
+            model, features = learner.model, (encoded.input_features, encoded.feature_attention_mask)
+            with torch.no_grad():
+                own = completion_logprobs(model, rows, audio_embeddings(model, *features))
+            own -= 1.0 if case == "far" else 0.0
+            behaviour = [own[i, : len(c)].tolist() for i, c in enumerate(batch.completions)]
+            batch = replace(batch, behaviour_logprobs=behaviour)
+        results[case] = learner.train_step(batch), flat_params(learner.model)
+    (none, p_none), (same, p_same), (far, p_far) = results["none"], results["same"], results["far"]
+    assert same["loss"] == pytest.approx(none["loss"], abs=1e-5) and same["clip_ratio"] == 0.0
+    assert torch.allclose(p_same, p_none, atol=1e-5)
+    assert far["clip_ratio"] > 0.5 and not torch.allclose(p_far, p_none, atol=1e-5)
+    with pytest.raises(ValueError, match="log-probs for"):
+        learner.train_step(replace(batch, behaviour_logprobs=[[0.0]] * len(batch.completions)))
+
+
 def test_lr_warmup_then_cosine(tiny_model_dir):
     learner = make_learner(tiny_model_dir, warmup_steps=1, lr_schedule="cosine", total_steps=3)
     batch = pitch_batch(learner.processor.tokenizer, n_questions=1, group=2)
@@ -117,3 +144,42 @@ def test_world_size_two_equals_world_size_one(tiny_model_dir, ray_cluster):
     assert np.allclose(params[0], expected, atol=1e-6)
     for actor in ranks:
         ray.kill(actor)
+
+
+def test_logprobs_equal_a_plain_hf_forward_with_and_without_prompt_sharing(tiny_model_dir):
+    """Audio encoded once per clip, prompts run once per question: same numbers and gradients as
+    transformers' own forward with one full row (and one audio copy) per completion."""
+    learner = make_learner(tiny_model_dir, beta=0.0)
+    model = learner.model
+    batch = pitch_batch(learner.processor.tokenizer, n_questions=3, group=4)
+    encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
+    rows, _ = learner._rows(batch, encoded, list(range(len(batch.questions))))
+    weights = torch.randn(rows.completion_ids.shape)
+
+    def ours(share: bool):
+        model.zero_grad()
+        audio = audio_embeddings(model, encoded.input_features, encoded.feature_attention_mask)
+        logp = completion_logprobs(model, rows, audio, share_prompt=share)
+        (logp * rows.completion_mask * weights).sum().backward()
+        return logp.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared, shared_grads = ours(True)
+    full, full_grads = ours(False)
+    with torch.no_grad():
+        q = rows.question_index
+        logits = model(
+            input_ids=rows.input_ids,
+            attention_mask=rows.attention_mask,
+            position_ids=(rows.attention_mask.cumsum(-1) - 1).clamp(min=0),
+            input_features=encoded.input_features[q],
+            feature_attention_mask=encoded.feature_attention_mask[q],
+        ).logits
+    start = rows.prompt_length - 1
+    plain = torch.log_softmax(logits[:, start : start + rows.completion_ids.size(1)], -1)
+    plain = plain.gather(-1, rows.completion_ids.unsqueeze(-1)).squeeze(-1)
+    mask = rows.completion_mask.bool()
+    torch.testing.assert_close(full[mask], plain[mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(shared[mask], plain[mask], atol=1e-4, rtol=1e-4)
+    assert len(shared_grads) == len(full_grads) > 0
+    for a, b in zip(shared_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)

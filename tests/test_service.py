@@ -229,6 +229,29 @@ def test_killed_driver_resumes_from_its_last_checkpoint(service_env, tmp_path):
 
 
 @pytest.mark.slow
+def test_overlapped_rollouts_run_one_update_behind(service_env, tmp_path):
+    """With train.overlap_rollout, step k's completions come from policy k - 2 (generated during
+    update k - 1), carry the engine's log-probs for the off-policy ratio, and nothing is lost."""
+    run_dir = tmp_path / "run"
+    proc = start_train(
+        service_env,
+        run_dir,
+        "--max-steps",
+        "5",
+        "--set",
+        "train.overlap_rollout=true",
+        "--set",
+        "train.eval_every=0",
+    )
+    assert proc.wait(timeout=600) == 0, (run_dir.parent / "run.log").read_text()[-4000:]
+    records = steps_logged(run_dir)
+    assert [r["rollout_version"] for r in records] == [0, 0, 1, 2, 3]
+    assert [r["data_position"] for r in records] == [8 * s for s in range(1, 6)]
+    assert all(r["samples"] == 64 and r["loss"] == r["loss"] for r in records)  # no NaN
+    assert json.loads((run_dir / "summary.json").read_text())["rollout_policy_versions"] == [5, 5]
+
+
+@pytest.mark.slow
 def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path):
     import re
 
