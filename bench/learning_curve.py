@@ -11,41 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from train_run import run_train  # bench/ is on sys.path: these scripts run as files
 
 
 def run(flip: bool, steps: int, eval_every: int, run_dir: Path) -> list[dict]:
-    command = [
-        sys.executable,
-        "-m",
-        "cluster.cli",
-        "train",
-        "--config",
-        "tiny-cpu",
-        "--no-progress",
-        "--max-steps",
-        str(steps),
-        "--run-dir",
-        str(run_dir),
-        "--set",
-        f"train.eval_every={eval_every}",
-        "--set",
-        "train.save_every=0",
-        "--set",
-        f"train.flip_advantages={str(flip).lower()}",
-    ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    overrides = {"train.eval_every": eval_every, "train.save_every": 0, "train.flip_advantages": flip}
+    return run_train(run_dir, steps, overrides)
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> None:

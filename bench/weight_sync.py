@@ -92,6 +92,23 @@ def raw_broadcast(sizes_mb: list[float], workers: int, repeats: int) -> list[dic
     return rows
 
 
+def _state(model_dir: str) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return [t for f in sorted(Path(model_dir).glob("*.safetensors")) for t in load_file(f).values()]
+
+
+def copy_floor(numel: int, repeats: int) -> float:
+    """Median seconds of one in-memory copy of `numel` float32 values (the floor)."""
+    source = torch.randn(numel)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        source.clone()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
 def end_to_end(model_dir: str, label: str, workers: int, repeats: int) -> dict:
     """A real LearnerGroup and RolloutPool (Ray actors, vLLM engines) broadcasting `model_dir`."""
     import ray
@@ -100,18 +117,20 @@ def end_to_end(model_dir: str, label: str, workers: int, repeats: int) -> dict:
     from cluster.placement import make_placement
     from cluster.pool import LearnerGroup, RolloutPool
 
+    nbytes = sum(t.numel() * t.element_size() for t in _state(model_dir))
+    floor_s = copy_floor(nbytes // 4, repeats)  # before any engine starts, on a quiet machine
     config = load_config("tiny-cpu", [f"model.path={model_dir}", f"rollout.num_workers={workers}"])
     placement = make_placement(config)
     learner = LearnerGroup(config, placement, model_dir)
     pool = RolloutPool(config, placement, model_dir)
     plan = learner.weight_plan(config.sync.bucket_mb * 1024**2)
     pool.connect(learner, plan)
-    times = [pool.broadcast(v) for v in range(1, repeats + 2)][1:]
+    times, parts = [], []
+    for version in range(1, repeats + 2):
+        times.append(pool.broadcast(version))
+        parts.append(dict(pool.last_sync))
+    times, parts = times[1:], parts[1:]  # the first round sets up connections and buckets
     nbytes = sum(n * (2 if d == "bfloat16" else 4) for d, n in plan["buckets"])
-    floor = torch.empty(nbytes // 4)
-    started = time.perf_counter()
-    floor.clone()
-    floor_s = time.perf_counter() - started
     for actor in pool.workers + learner.ranks:
         ray.kill(actor)
     ray.util.remove_placement_group(placement.group)
@@ -124,6 +143,7 @@ def end_to_end(model_dir: str, label: str, workers: int, repeats: int) -> dict:
         "floor_s": floor_s,
         "ratio_to_floor": seconds / floor_s,
         "gb_per_s": nbytes / 1024**3 / seconds,
+        "breakdown_s": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
     }
 
 
@@ -156,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['kind']:<18} {r['mb']:>8.1f} {r['workers']:>7} {r['seconds']:>9.4f} {r['floor_s']:>9.4f} "
             f"{r['ratio_to_floor']:>8.2f} {r['gb_per_s']:>7.2f}"
         )
+    for r in rows:
+        if "breakdown_s" in r:
+            parts = ", ".join(f"{k[:-2]} {v:.4f}" for k, v in r["breakdown_s"].items())
+            print(f"{r['kind']} x{r['workers']} breakdown (median s): {parts}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -97,7 +99,6 @@ def _score(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import logging
     import time
-    from pathlib import Path
 
     import yaml
 
@@ -135,7 +136,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
-    from pathlib import Path
 
     from cluster.config import RunConfig
     from cluster.datasets import load_questions
@@ -291,6 +291,23 @@ def _commands() -> list[Command]:
             _check_data,
         ),
     ]
+
+
+def train_command(
+    run_dir: str | Path,
+    *,
+    config: str = "tiny-cpu",
+    max_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The `audio-grpo train` command line, for benchmarks and tests that run it as a process."""
+    command = [sys.executable, "-m", "cluster.cli", "train", "--config", config, "--run-dir", str(run_dir)]
+    if max_steps is not None:
+        command += ["--max-steps", str(max_steps)]
+    for key, value in (overrides or {}).items():
+        command += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
+    return command + list(extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

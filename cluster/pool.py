@@ -101,6 +101,7 @@ class RolloutPool:
         ray.get([w.ping.remote() for w in self.workers])
         self.restarts = 0
         self.version = 0
+        self.last_sync: dict[str, float] = {}
         self._learner = None
         self._plan: dict | None = None
 
@@ -198,8 +199,14 @@ class RolloutPool:
             received = [w.receive_weights.remote(self._plan, version) for w in self.workers]
             sent = [rank.send_weights.remote(self._plan) for rank in self._learner.ranks]
             try:
-                ray.get(sent + received)
+                senders, receivers = ray.get(sent), ray.get(received)
                 self.version = version
+                # Where the time went (the slowest worker), for benchmarks and debugging.
+                self.last_sync = {
+                    "pack_s": senders[0]["pack_s"],
+                    "broadcast_s": senders[0]["broadcast_s"],
+                    **{k: max(r[k] for r in receivers) for k in ("receive_s", "reload_s", "cache_reset_s")},
+                }
                 return time.perf_counter() - started
             except (*DEAD, ray.exceptions.RayTaskError, ray.exceptions.GetTimeoutError):
                 dead = [i for i, w in enumerate(self.workers) if not self._alive(w)]

@@ -10,7 +10,7 @@ import contextlib
 import time
 
 from learner.hf_format import published_state
-from rollout.weight_sync import SyncGroup, make_plan, pack_buckets, plan_to_wire
+from rollout.weight_sync import SyncGroup, empty_buckets, make_plan, pack_buckets, plan_to_wire
 
 
 def _gathered(learner):
@@ -39,7 +39,10 @@ def send_weights(learner, group: SyncGroup | None, wire_plan: dict) -> dict[str,
             raise RuntimeError("init_weight_sync was not called on learner rank 0")
         plan = plan_from_wire(wire_plan)
         tensors = {name: t.detach() for name, t in published_state(learner.model)}
-        buckets = pack_buckets(plan, tensors, group.device)
+        # One set of buckets for the whole run: packing is then the one copy, with no page faults.
+        if getattr(learner, "_send_buckets", None) is None:
+            learner._send_buckets = empty_buckets(plan, group.device)
+        buckets = pack_buckets(plan, tensors, group.device, out=learner._send_buckets)
     packed = time.perf_counter()
     for bucket in buckets:
         group.broadcast(bucket)

@@ -147,11 +147,13 @@ class RolloutWorker:
     def receive_weights(self, wire_plan: dict, version: int) -> dict[str, Any]:
         """Block until the learner's broadcast has arrived and been applied; return timings."""
         started = time.perf_counter()
-        self.llm.collective_rpc("receive_weights", args=(wire_plan,))
+        timings = self.llm.collective_rpc("receive_weights", args=(wire_plan,))[0]
+        applied = time.perf_counter()
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()  # else the next audio request dies: "Encoder cache miss"
         self.policy_version = version
-        return {"seconds": time.perf_counter() - started, "version": version}
+        end = time.perf_counter()
+        return {**timings, "seconds": end - started, "cache_reset_s": end - applied, "version": version}
 
     def close_weight_sync(self) -> None:
         self.llm.collective_rpc("close_weight_sync")

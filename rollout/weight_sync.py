@@ -15,6 +15,7 @@ The plan (names, dtypes, shapes, offsets) is plain lists, so it crosses collecti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,13 +65,18 @@ def make_plan(
     return SyncPlan(slots, buckets)
 
 
+def empty_buckets(plan: SyncPlan, device: torch.device) -> list[torch.Tensor]:
+    return [torch.empty(numel, dtype=getattr(torch, dtype), device=device) for dtype, numel in plan.buckets]
+
+
 def pack_buckets(
-    plan: SyncPlan, tensors: dict[str, torch.Tensor], device: torch.device
+    plan: SyncPlan,
+    tensors: dict[str, torch.Tensor],
+    device: torch.device,
+    out: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Flat buckets holding every tensor of the plan at its offset."""
-    buckets = [
-        torch.empty(numel, dtype=getattr(torch, dtype), device=device) for dtype, numel in plan.buckets
-    ]
+    """Flat buckets holding every tensor of the plan at its offset (written into `out` if given)."""
+    buckets = out if out is not None else empty_buckets(plan, device)
     for slot in plan.slots:
         buckets[slot.bucket][slot.offset : slot.offset + slot.numel].copy_(tensors[slot.name].reshape(-1))
     return buckets
@@ -148,16 +154,26 @@ class WeightReceiver:
     ) -> None:
         self._weight_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
 
-    def receive_weights(self, wire_plan: dict) -> int:
-        """Receive every bucket, then reload once. Returns the number of tensors applied."""
+    def receive_weights(self, wire_plan: dict) -> dict[str, float]:
+        """Receive every bucket, then reload once. Returns the tensor count and timings."""
+        started = time.perf_counter()
         plan = plan_from_wire(wire_plan)
         group = self._weight_group
-        buckets = [torch.empty(n, dtype=getattr(torch, d), device=group.device) for d, n in plan.buckets]
+        # The buckets are kept for the next update: fresh memory each time would cost page faults
+        # on every byte (about one more copy). reload_weights copies out of them, so reuse is safe.
+        buckets = getattr(self, "_weight_buckets", None)
+        if buckets is None or [(str(b.dtype)[6:], b.numel()) for b in buckets] != plan.buckets:
+            buckets = self._weight_buckets = empty_buckets(plan, group.device)
         for bucket in buckets:  # a lost bucket raises here, before any weight is touched
             group.broadcast(bucket)
         group.barrier_done()
+        received = time.perf_counter()
         self.reload_weights(weights_iterator=unpack_buckets(plan, buckets), is_checkpoint_format=True)
-        return len(plan.slots)
+        return {
+            "tensors": float(len(plan.slots)),
+            "receive_s": received - started,
+            "reload_s": time.perf_counter() - received,
+        }
 
     def close_weight_sync(self) -> None:
         self._weight_group = None

@@ -91,4 +91,22 @@ def test_pool_greedy_after_sync_equals_the_learners_own_greedy(
     assert pool_ids == [h[0] for h in hf]
     assert pool_ids != [r.completions[0].token_ids for r in before]  # the weights really changed
     assert all(r.policy_version == 1 for r in after) and all(r.policy_version == 0 for r in before)
+    assert timing["receive_s"] > 0 and timing["reload_s"] > 0
+
+    # A second update goes through the same (reused) buckets on both sides.
+    for _ in range(3):
+        learner.train_step(batch)
+    received = worker.receive_weights.remote(plan, 2)
+    learner.send_weights(plan)
+    assert ray.get(received)["version"] == 2
+    again = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
+    hf = hf_generate(
+        learner.model,
+        learner.processor,
+        [(q.question, q.choices) for q in clip_questions],
+        waves,
+        sampling,
+        greedy=True,
+    )
+    assert [r.completions[0].token_ids for r in again] == [h[0] for h in hf]
     ray.kill(worker)
