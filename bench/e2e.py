@@ -1,6 +1,6 @@
 """End-to-end benchmark: `audio-grpo train` against a single-process baseline, same everything.
 
-    python bench/e2e.py --model DIR --data-dir DIR [--steps 8] [--rounds 2] [--out F.json]
+    python bench/e2e.py --model DIR --data-dir DIR [--steps 5] [--rounds 2] [--out F.json]
 
 The baseline does what R1-AQA's trainer does, in one process: HF `generate` with n return sequences,
 then the rewards, the loss and the DeepSpeed step (`learner.local_loop`, the same learner code, so
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="e.g. the `small` model from make-tiny")
     parser.add_argument("--data-dir", required=True, help="a make-data folder")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each system")
     parser.add_argument("--batch", type=int, default=8, help="questions per step")
     parser.add_argument("--n", type=int, default=8)

@@ -45,7 +45,7 @@ def main() -> int:
         "--data-dir",
         str(data),
         "--steps",
-        "8",
+        "5",
         "--rounds",
         "2",
     )
