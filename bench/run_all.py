@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark in one go (about 15 to 20 minutes on 2 cores).
+"""`make bench`: every benchmark in one go (about 18 minutes on 2 cores).
 
 Builds the `small` model and a synthetic data set once under bench/results/assets, then runs the
 weight-sync, rollout, end-to-end, learning-curve and HTTP-load benchmarks; each prints its table
@@ -36,7 +36,7 @@ def main() -> int:
     if not (data / "train.jsonl").exists():
         step("build synthetic data", *env_cli, "make-data", str(data), "--n", "256")
     step("weight sync", "bench/weight_sync.py", "--models", f"tiny={tiny},small={small}", "--repeats", "5")
-    step("rollout engines", "bench/rollout.py", "--model", str(small), "--batches", "1,4,8")
+    step("rollout engines", "bench/rollout.py", "--model", str(small), "--batches", "1,4,8", "--repeats", "2")
     step(
         "end to end",
         "bench/e2e.py",
