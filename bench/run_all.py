@@ -49,7 +49,7 @@ def main() -> int:
         "--rounds",
         "2",
     )
-    step("learning curve", "bench/learning_curve.py", "--steps", "60", "--eval-every", "10")
+    step("learning curve", "bench/learning_curve.py", "--steps", "80", "--eval-every", "10")
     port = "8799"
     server = subprocess.Popen(
         [sys.executable, *env_cli, "serve", "--model", str(tiny), "--dtype", "float32", "--port", port],
