@@ -24,7 +24,7 @@ from learner.checkpoint import latest_checkpoint
 from learner.grpo import group_advantages
 from learner.learner import LearnerBatch
 from reward.mmau import mmau_scores
-from reward.rewards import extract_answer
+from reward.rewards import extract_answer, summarize_scores
 from rollout.audio import load_audio
 from rollout.question import AudioQuestion
 
@@ -102,7 +102,7 @@ def _step_batch(
         advantages=advantages.tolist(),
         behaviour_logprobs=[c.logprobs for _, r in kept for c in r.completions] if behaviour else None,
     )
-    return batch, rewards, flat
+    return batch, flat
 
 
 def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
@@ -188,7 +188,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
         ]
         scores = rewards.score(texts, answers)
         scored = time.perf_counter()
-        batch, reward_values, flat = _step_batch(
+        batch, flat = _step_batch(
             questions, results, scores, n, config.train.adv_eps, config.train.flip_advantages, overlap
         )
         prepared = time.perf_counter()
@@ -203,9 +203,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             "step": step,
             "policy_version": step,
             "rollout_version": min((r.policy_version for r in results), default=step - 1),
-            "reward_mean": float(reward_values.mean()),
-            "accuracy": float(np.mean([s.accuracy for s in flat])),
-            "format_rate": float(np.mean([s.format for s in flat])),
+            **summarize_scores(flat),
             "kl": update["kl"],
             "loss": update["loss"],
             "grad_norm": update["grad_norm"],

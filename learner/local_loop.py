@@ -18,7 +18,7 @@ import torch
 
 from learner.grpo import group_advantages
 from learner.learner import Learner, LearnerBatch
-from reward.rewards import RewardWeights, extract_answer, score_response
+from reward.rewards import RewardWeights, extract_answer, score_response, summarize_scores
 from rollout.hf_engine import hf_generate
 from rollout.question import AudioQuestion
 from rollout.sampling import SamplingConfig
@@ -93,9 +93,7 @@ def run_local_grpo(
         metrics = learner.train_step(LearnerBatch(questions, waves, completions, index, advantages.tolist()))
         record = {
             "step": step,
-            "reward_mean": float(rewards.mean()),
-            "accuracy": float(np.mean([s.accuracy for s in scores])),
-            "format": float(np.mean([s.format for s in scores])),
+            **summarize_scores(scores),
             "kl": metrics["kl"],
             "loss": metrics["loss"],
             "grad_norm": metrics["grad_norm"],

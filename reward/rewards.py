@@ -57,6 +57,16 @@ def score_response(response: str, answer: str, weights: RewardWeights = RewardWe
     return RewardScore(accuracy, fmt, weights.accuracy * accuracy + weights.format * fmt)
 
 
+def summarize_scores(scores: list[RewardScore]) -> dict[str, float]:
+    """A step's reward figures, as every training loop logs them."""
+    n = max(1, len(scores))
+    return {
+        "reward_mean": sum(s.total for s in scores) / n,
+        "accuracy": sum(s.accuracy for s in scores) / n,
+        "format_rate": sum(s.format for s in scores) / n,
+    }
+
+
 class RewardScorer:
     """The plain object behind the reward actor: scores a batch of (response, answer) pairs."""
 

@@ -10,7 +10,14 @@ import pytest
 from conftest import SHARED_DATA
 
 from reward.mmau import mmau_match, mmau_scores
-from reward.rewards import RewardScorer, RewardWeights, accuracy_reward, extract_answer, format_reward
+from reward.rewards import (
+    RewardScorer,
+    RewardWeights,
+    accuracy_reward,
+    extract_answer,
+    format_reward,
+    summarize_scores,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +55,8 @@ def test_weights_combine_the_two_rewards():
     assert right.total == 2.5 and wrong_format.total == 2.0
     with pytest.raises(ValueError):
         scorer.score(["x"], [])
+    summary = summarize_scores([right, wrong_format])
+    assert summary == {"reward_mean": 2.25, "accuracy": 1.0, "format_rate": 0.5}
 
 
 def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
