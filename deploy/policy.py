@@ -36,6 +36,10 @@ from rollout.sampling import forbidden_token_ids
 log = logging.getLogger("audio_grpo.serve")
 
 
+class EngineStopped(RuntimeError):
+    """vLLM's engine process has died; only a restart of the server brings it back."""
+
+
 @dataclass
 class PolicyInfo:
     model: str
@@ -116,18 +120,32 @@ class PolicyEngine:
         """False once vLLM's engine process has died (nothing but a restart brings it back)."""
         return not self.engine.errored
 
+    async def _unless_dead(self, awaitable):
+        """Await `awaitable`, but raise EngineStopped once the engine has died: a call in flight
+        when vLLM's engine process dies is never answered, and would otherwise wait forever."""
+        task = asyncio.ensure_future(awaitable)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if not self.healthy:
+                task.cancel()
+                raise EngineStopped("the policy engine has stopped")
+
     async def reload(self, folder: Path) -> None:
         """Load a checkpoint's weights in place; requests in flight finish on the old weights first."""
         async with self._reload_lock:
             started = time.perf_counter()
             self._admitting.clear()
             try:
-                await self._drained.wait()
-                await self.engine.collective_rpc(
-                    "reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True}
+                await self._unless_dead(self._drained.wait())
+                await self._unless_dead(
+                    self.engine.collective_rpc(
+                        "reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True}
+                    )
                 )
-                await self.engine.reset_prefix_cache()
-                await self.engine.reset_encoder_cache()
+                await self._unless_dead(self.engine.reset_prefix_cache())
+                await self._unless_dead(self.engine.reset_encoder_cache())
                 step = _step_of(folder)
                 self.info = PolicyInfo(
                     self.info.model, step, step, str(folder), time.time(), self.info.run_dir
@@ -140,6 +158,8 @@ class PolicyEngine:
         """Reload each newer checkpoint of the run as it appears (runs until cancelled)."""
         while True:
             await asyncio.sleep(self.poll_s)
+            if not self.healthy:
+                return  # nothing to reload into; /healthz reports it
             try:
                 newest = latest_checkpoint(self.run_dir / "checkpoints")
                 if newest is not None and _step_of(newest) > self.info.step:
@@ -171,8 +191,9 @@ class PolicyEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, holding all n samples
         )
         final = None
-        await self._admitting.wait()
-        self.in_flight += 1  # no await since the wait: a reload cannot slip in between
+        while not self._admitting.is_set():  # a reload is on (re-checked: another may start)
+            await self._unless_dead(self._admitting.wait())
+        self.in_flight += 1  # no await since the check: a reload cannot slip in between
         self._drained.clear()
         info = self.info
         try:

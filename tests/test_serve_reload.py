@@ -75,11 +75,16 @@ def test_reloads_under_concurrent_requests_lose_no_answer(followed_run, tiny_mod
     assert "Resetting the encoder cache when requests are in progress" not in log
 
 
-def test_a_dead_engine_gets_503_and_fails_the_health_check(followed_run):
-    proc, url, _ = followed_run
+def test_a_dead_engine_gets_503_and_fails_the_health_check(followed_run, tiny_model_dir):
+    """Also when the engine dies in the middle of a checkpoint reload (whose call is then never
+    answered): requests must not wait on that reload forever."""
+    proc, url, checkpoints = followed_run
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in p.name()]
     assert engines, [p.name() for p in psutil.Process(proc.pid).children(recursive=True)]
+    newest = max(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*") if p.name[5:].isdigit())
+    publish(tiny_model_dir, checkpoints, newest + 1)  # a reload starts within 0.1 s
+    time.sleep(0.1)
     for engine in engines:
         engine.kill()
     deadline = time.time() + 60
