@@ -170,7 +170,11 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
     last_saved = None
     overlap = config.train.overlap_rollout
     qps = config.train.questions_per_step
-    questions = [train_set[i] for i in sampler.take(qps)]
+
+    def next_questions() -> list[AudioQuestion]:
+        return [train_set[i] for i in sampler.take(qps)]
+
+    questions = next_questions()
     inflight = pool.submit(questions, sampling, want_logprobs=overlap)
     for step in range(start + 1, config.train.max_steps + 1):
         last = step == config.train.max_steps
@@ -180,7 +184,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
         position = sampler.position  # the data this step has consumed: a resume starts after it
         upcoming = None
         if overlap and not last:  # the next step's rollouts run during this update, on this policy
-            upcoming = [train_set[i] for i in sampler.take(qps)]
+            upcoming = next_questions()
             inflight = pool.submit(upcoming, sampling, want_logprobs=True)
         texts = [c.text for r in results if not r.error for c in r.completions]
         answers = [
@@ -243,7 +247,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
         )
         bar.update(1)
         if not overlap and not last:
-            upcoming = [train_set[i] for i in sampler.take(qps)]
+            upcoming = next_questions()
             inflight = pool.submit(upcoming, sampling)
         questions = upcoming
     bar.close()

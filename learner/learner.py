@@ -197,8 +197,13 @@ class Learner:
         n = len(batch.questions)
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
+    @staticmethod
+    def _picked(batch: LearnerBatch, questions: list[int]) -> list[int]:
+        """Indices of these questions' completions, in batch order (the rows' order)."""
+        return [i for i, q in enumerate(batch.question_index) if q in questions]
+
     def _rows(self, batch: LearnerBatch, encoded, questions: list[int]):
-        picked = [i for i, q in enumerate(batch.question_index) if q in questions]
+        picked = self._picked(batch, questions)
         local = {q: j for j, q in enumerate(questions)}
         rows = build_rows(
             [encoded.prompt_ids[q] for q in questions],
@@ -214,7 +219,7 @@ class Learner:
         """The rollout engine's log-probs for these questions' rows, padded like the rows: [N, T]."""
         if not batch.behaviour_logprobs:
             return None
-        picked = [i for i, q in enumerate(batch.question_index) if q in questions]
+        picked = self._picked(batch, questions)
         out = torch.zeros(len(picked), width)
         for row, i in enumerate(picked):
             values = batch.behaviour_logprobs[i]

@@ -79,16 +79,14 @@ def test_pool_greedy_after_sync_equals_the_learners_own_greedy(
 
     after = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
     waves = [load_audio(q.audio_path) for q in clip_questions]
-    hf = hf_generate(
-        learner.model,
-        learner.processor,
-        [(q.question, q.choices) for q in clip_questions],
-        waves,
-        sampling,
-        greedy=True,
-    )
+    texts = [(q.question, q.choices) for q in clip_questions]
+
+    def learner_greedy() -> list[list[int]]:
+        groups = hf_generate(learner.model, learner.processor, texts, waves, sampling, greedy=True)
+        return [g[0] for g in groups]
+
     pool_ids = [r.completions[0].token_ids for r in after]
-    assert pool_ids == [h[0] for h in hf]
+    assert pool_ids == learner_greedy()
     assert pool_ids != [r.completions[0].token_ids for r in before]  # the weights really changed
     assert all(r.policy_version == 1 for r in after) and all(r.policy_version == 0 for r in before)
     assert timing["receive_s"] > 0 and timing["reload_s"] > 0
@@ -100,13 +98,5 @@ def test_pool_greedy_after_sync_equals_the_learners_own_greedy(
     learner.send_weights(plan)
     assert ray.get(received)["version"] == 2
     again = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
-    hf = hf_generate(
-        learner.model,
-        learner.processor,
-        [(q.question, q.choices) for q in clip_questions],
-        waves,
-        sampling,
-        greedy=True,
-    )
-    assert [r.completions[0].token_ids for r in again] == [h[0] for h in hf]
+    assert [r.completions[0].token_ids for r in again] == learner_greedy()
     ray.kill(worker)
