@@ -32,7 +32,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # The embedded default: the tiny-cpu preset on a local Ray cluster (assets built on first use).
-# Extra arguments: make train ARGS="--max-steps 100 --set learner.optim.lr=2e-3"
+# Extra arguments: make train ARGS="--max-steps 100 --set learner.optimizer.lr=2e-3"
 train: setup
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/audio-grpo train --config tiny-cpu $(ARGS)
 

@@ -29,18 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = r"""
 import json, sys
 sys.path.insert(0, {root!r})
-from cluster.datasets import load_questions
-from learner.learner import Learner, LearnerConfig
+from learner.config import LearnerConfig, OptimizerConfig, ParallelConfig
+from learner.learner import Learner
 from learner.local_loop import LoopConfig, run_local_grpo
 from rollout.audio import load_audio
+from rollout.datasets import load_questions
 from rollout.sampling import SamplingConfig
 train, _ = load_questions({train!r})
 waves = {{q.id: load_audio(q.audio_path) for q in train}}
-learner = Learner({model!r}, LearnerConfig(lr=1e-5, dtype="fp32", micro_batch_questions={batch},
-                  max_completion_length={tokens}), master_port={port})
-sampling = SamplingConfig(n={n}, temperature=1.0, max_tokens={tokens})
+config = LearnerConfig(
+    optimizer=OptimizerConfig(lr=1e-5),
+    parallel=ParallelConfig(dtype="float32", micro_batch_questions={batch}),
+    sampling=SamplingConfig(n={n}, temperature=1.0, max_tokens={tokens}),
+)
+learner = Learner({model!r}, config, master_port={port})
 loop = LoopConfig(steps={steps}, questions_per_step={batch}, eval_every=0)
-history = run_local_grpo(learner, train, [], waves, sampling, loop)
+history = run_local_grpo(learner, train, [], waves, loop)
 print("RESULT " + json.dumps(history))
 """
 
@@ -65,7 +69,7 @@ def run_baseline(args, port: int) -> dict:
         raise RuntimeError(out.stderr[-3000:])
     history = json.loads(out.stdout.split("RESULT ", 1)[1])
     step_s = median_after_warmup(history, "step_s")
-    tokens = median_after_warmup(history, "completion_tokens") * args.batch * args.n
+    tokens = median_after_warmup(history, "response_length") * args.batch * args.n
     return {
         "system": "baseline (1 process, HF generate)",
         "step_s": step_s,
@@ -84,10 +88,10 @@ def run_distributed(args, run_dir: Path, overlap: bool) -> dict:
         "train.save_every": 0,
         "train.questions_per_step": args.batch,
         "train.overlap_rollout": overlap,
-        "rollout.sampling.n": args.n,
-        "rollout.sampling.max_tokens": args.max_tokens,
-        "learner.optim.lr": 1e-5,
-        "learner.optim.micro_batch_questions": args.batch,
+        "sampling.n": args.n,
+        "sampling.max_tokens": args.max_tokens,
+        "learner.optimizer.lr": 1e-5,
+        "learner.parallel.micro_batch_questions": args.batch,
         "model.warm_start_steps": 0,
     }
     records = run_train(run_dir, args.steps, overrides, timeout_s=1800)

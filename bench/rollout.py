@@ -21,6 +21,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rollout.audio import SAMPLE_RATE  # noqa: E402
 from rollout.question import AudioQuestion  # noqa: E402
 from rollout.sampling import SamplingConfig  # noqa: E402
 
@@ -28,9 +29,9 @@ from rollout.sampling import SamplingConfig  # noqa: E402
 def questions(count: int, folder: Path) -> list[AudioQuestion]:
     out = []
     for i in range(count):
-        t = np.arange(32000) / 16000
+        t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
         path = folder / f"q{i}.wav"
-        sf.write(path, (0.5 * np.sin(2 * np.pi * (300 + 170 * i) * t)).astype(np.float32), 16000)
+        sf.write(path, (0.5 * np.sin(2 * np.pi * (300 + 170 * i) * t)).astype(np.float32), SAMPLE_RATE)
         out.append(AudioQuestion(str(i), str(path), "Is the tone high or low?", ["high", "low"], "high"))
     return out
 

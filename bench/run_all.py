@@ -27,7 +27,7 @@ def step(title: str, *command: str) -> None:
 
 
 def main() -> int:
-    env_cli = ["-m", "cluster.cli"]
+    env_cli = ["-m", "cli"]
     small, tiny, data = ASSETS / "small", ASSETS / "tiny", ASSETS / "data"
     if not (small / "config.json").exists():
         step("build the small model", *env_cli, "make-tiny", str(small), "--size", "small")

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cluster.cli import train_command
+from cli.main import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

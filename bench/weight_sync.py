@@ -23,17 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.placement import free_port  # noqa: E402
 from rollout.weight_sync import SyncGroup  # noqa: E402
 
 BUCKET = 256 * 1024**2
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _receiver(port: int, rank: int, world: int, sizes: list[int], repeats: int) -> None:
@@ -50,7 +43,7 @@ def _receiver(port: int, rank: int, world: int, sizes: list[int], repeats: int) 
 
 def raw_broadcast(sizes_mb: list[float], workers: int, repeats: int) -> list[dict]:
     numels = [int(mb * 1024**2 / 4) for mb in sizes_mb]
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_receiver, args=(port, r + 1, workers + 1, numels, repeats))
@@ -123,14 +116,12 @@ def end_to_end(model_dir: str, label: str, workers: int, repeats: int) -> dict:
     placement = make_placement(config)
     learner = LearnerGroup(config, placement, model_dir)
     pool = RolloutPool(config, placement, model_dir)
-    plan = learner.weight_plan(config.sync.bucket_mb * 1024**2)
-    pool.connect(learner, plan)
+    pool.connect(learner)
     times, parts = [], []
     for version in range(1, repeats + 2):
         times.append(pool.broadcast(version))
         parts.append(dict(pool.last_sync))
     times, parts = times[1:], parts[1:]  # the first round sets up connections and buckets
-    nbytes = sum(n * (2 if d == "bfloat16" else 4) for d, n in plan["buckets"])
     for actor in pool.workers + learner.ranks:
         ray.kill(actor)
     ray.util.remove_placement_group(placement.group)

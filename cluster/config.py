@@ -1,8 +1,11 @@
 """The one typed configuration of a training run, its YAML presets and `--set key=value` overrides.
 
 Defaults are R1-AQA's recipe. Presets live in `cluster/configs/*.yaml` and name only what differs;
-`load_config("tiny-cpu", ["learner.lr=1e-3"])` gives the resolved `RunConfig`, which the driver
-writes to the run directory as `config.yaml`.
+`load_config("tiny-cpu", ["learner.optimizer.lr=1e-3"])` gives the resolved, validated `RunConfig`,
+which the driver writes to the run directory as `config.yaml` before anything runs and never
+changes. Each fact has one key: sampling (temperature, completion budget) and the prompt style are
+read by rollout, learner, reward and serving alike; the learner gets them by wiring
+(`learner_config`), the workers get seeds derived from the one `train.seed` (`sub_seed`).
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ import dataclasses
 import os
 import types
 import typing
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from learner.learner import LearnerConfig
+from learner.config import LearnerConfig, LossConfig, OptimizerConfig, ParallelConfig
 from reward.rewards import RewardWeights
+from rollout.prompt import PromptConfig
 from rollout.sampling import SamplingConfig
 from rollout.vllm_engine import EngineConfig
 
@@ -30,16 +35,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AUDIO_GRPO_CACHE", Path.home() / ".cache" / "audio-grpo"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "Qwen/Qwen2-Audio-7B-Instruct"  # an HF folder on disk (no hub here)
     # When `path` does not exist: build a tiny model there ("tiny" or "small") and give it a format
-    # warm start of `warm_start_steps` on the training data (0 = none).
+    # warm start of `warm_start_steps` on the training data (0 = none). Done by the CLI before a run.
     build_if_missing: Literal["", "tiny", "small"] = ""
     warm_start_steps: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     train: str = "data/avqa-train.jsonl"  # AVQA JSON lines (.jsonl) or MMAU JSON (.json)
     eval: str = "data/mmau-test-mini.json"
@@ -52,37 +57,38 @@ class DataConfig:
     synthetic_tasks: str = ""  # comma-separated; "" = all tasks
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     num_workers: int = 1
     gpus_per_worker: float = 1.0  # 0 on CPU
     cpus_per_worker: float = 1.0
     engine: EngineConfig = field(default_factory=EngineConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearnerGroupConfig:
     num_ranks: int = 1
     gpus_per_rank: float = 1.0  # 0 on CPU
     cpus_per_rank: float = 1.0
-    optim: LearnerConfig = field(default_factory=LearnerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     weights: RewardWeights = field(default_factory=RewardWeights)
     num_actors: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyncConfig:
     bucket_mb: int = 256
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     timeout_s: float = 600.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     questions_per_step: int = 16  # R1-AQA: 8 GPUs x 1 question x 2 accumulation steps; x n completions
     max_steps: int = 1000
@@ -95,28 +101,95 @@ class TrainConfig:
     # pi_theta / pi_rollout per token (the rollout engine's log-probs), clipped to
     # [1 - epsilon_low, 1 + epsilon_high] as in PPO. Needs sampling temperature 1.
     overlap_rollout: bool = False
-    seed: int = 42
+    seed: int = 42  # the one seed: data order, model building, learner and engines (derived)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_retries: int = 3  # re-runs of one step's work after a worker dies
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerGroupConfig = field(default_factory=LearnerGroupConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def sub_seed(seed: int, role: str, index: int = 0) -> int:
+    """A seed for one consumer of the run's seed (`role`, e.g. "rollout", and its index): distinct
+    per consumer, the same on every run with the same `train.seed`."""
+    return (seed * 1_000_003 + zlib.crc32(role.encode()) + index) % 2**31
+
+
+def learner_config(config: RunConfig) -> LearnerConfig:
+    """What the learner reads, wired from the run's one place for each fact."""
+    section = config.learner
+    steps = section.optimizer.schedule_steps or config.train.max_steps
+    return LearnerConfig(
+        optimizer=dataclasses.replace(section.optimizer, schedule_steps=steps),
+        loss=section.loss,
+        parallel=section.parallel,
+        sampling=config.sampling,
+        prompt=config.prompt,
+        seed=sub_seed(config.train.seed, "learner"),
+    )
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _moved_keys() -> dict[str, str]:
+    """Keys of older configs -> where the setting lives now (or why it is gone)."""
+    moved = {
+        "rollout.sampling": "sampling (one section for rollout, learner and serving)",
+        "rollout.engine.seed": "train.seed (each engine gets a derived seed)",
+        "learner.optim": "learner.optimizer, learner.loss and learner.parallel",
+        "learner.optim.temperature": "sampling.temperature (the learner reads it from there)",
+        "learner.optim.max_completion_length": "sampling.max_tokens (the learner reads it from there)",
+        "learner.optim.thinking": "prompt.thinking",
+        "learner.optim.seed": "train.seed (the learner gets a derived seed)",
+        "learner.optim.total_steps": "learner.optimizer.schedule_steps (0 = train.max_steps)",
+        "reward.weights.thinking": "prompt.thinking",
+    }
+    for field_ in SamplingConfig.__dataclass_fields__:
+        moved[f"rollout.sampling.{field_}"] = f"sampling.{field_}"
+    moved["rollout.sampling.seed"] = "train.seed (engines get derived seeds)"
+    for section, cls in (("optimizer", OptimizerConfig), ("loss", LossConfig), ("parallel", ParallelConfig)):
+        for field_ in cls.__dataclass_fields__:
+            moved.setdefault(f"learner.optim.{field_}", f"learner.{section}.{field_}")
+    return moved
+
+
+MOVED_KEYS = _moved_keys()
+_RENAMED_VALUES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return []
+    keys = []
+    for key, value in tree.items():
+        keys.append(f"{prefix}{key}")
+        keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def check_moved_keys(tree: dict[str, Any]) -> None:
+    """A clear error for every key an older config used that has moved or gone."""
+    found = [key for key in _dotted_keys(tree) if key in MOVED_KEYS]
+    # Name the leaves ("learner.optim.lr") rather than their section when both are there.
+    leaves = [k for k in found if not any(other.startswith(k + ".") for other in found)]
+    if leaves:
+        raise ConfigError(
+            "this config uses keys that have moved: "
+            + "; ".join(f"{key} -> {MOVED_KEYS[key]}" for key in leaves)
+        )
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -127,7 +200,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return _build(kind, value, where)
     if origin is Literal:
         if value not in typing.get_args(kind):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(kind))}")
+            hint = (
+                f" ({value!r} is now spelled {_RENAMED_VALUES[value]!r})" if value in _RENAMED_VALUES else ""
+            )
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(kind))}{hint}")
         return value
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -186,6 +262,27 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"no config {name_or_path!r}: give a YAML path or a preset name ({', '.join(known)})")
 
 
+def validate(config: RunConfig) -> RunConfig:
+    """Checks across sections, made before anything starts."""
+    train = config.train
+    if train.questions_per_step % config.learner.num_ranks:
+        raise ConfigError(
+            f"train.questions_per_step ({train.questions_per_step}) must be a multiple of "
+            f"learner.num_ranks ({config.learner.num_ranks})"
+        )
+    if train.overlap_rollout and config.sampling.temperature != 1.0:
+        raise ConfigError(
+            "train.overlap_rollout corrects with the rollout engine's log-probs, which vLLM reports at "
+            f"temperature 1; sampling.temperature is {config.sampling.temperature}"
+        )
+    return config
+
+
+def config_from_dict(tree: dict[str, Any]) -> RunConfig:
+    check_moved_keys(tree)
+    return validate(_build(RunConfig, tree))
+
+
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
     """A preset or YAML file, then `key=value` overrides (values parsed as YAML: 1e-6, true, [a, b])."""
     tree = yaml.safe_load(resolve_preset(name_or_path).read_text()) or {}
@@ -194,15 +291,11 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         _set_path(tree, key.strip(), yaml.safe_load(raw))
-    return _build(RunConfig, tree)
-
-
-def config_from_dict(tree: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, tree)
+    return config_from_dict(tree)
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(_plain(config.to_dict()), sort_keys=False)
+    return yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

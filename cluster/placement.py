@@ -6,6 +6,7 @@ actor that dies is replaced in its own bundle, so a replacement never competes f
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -66,3 +67,20 @@ def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
         list(range(n_learn, n_learn + n_roll)),
         list(range(n_learn + n_roll, len(bundles))),
     )
+
+
+def free_port() -> int:
+    """A TCP port nobody on this host listens on right now (a rendezvous master will bind it)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@ray.remote(num_cpus=0)
+def _address_here() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), free_port()
+
+
+def address_in_bundle(placement: Placement, bundle: int) -> tuple[str, int]:
+    """IP and a free port on the node that holds `bundle` (where a rendezvous master will listen)."""
+    return ray.get(_address_here.options(**placement.options(bundle, 0, 0)).remote())

@@ -8,7 +8,6 @@ only from calls that returned, so no sample is counted twice).
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,47 +16,30 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from cluster.actors import LearnerActor, RewardActor, RolloutActor
-from cluster.config import RunConfig
-from cluster.placement import Placement
+from cluster.config import RunConfig, learner_config, sub_seed
+from cluster.placement import Placement, address_in_bundle
 from learner.learner import LearnerBatch
-from rollout.question import AudioQuestion
+from rollout.question import AudioQuestion, RolloutResult
 from rollout.sampling import SamplingConfig
-from rollout.vllm_engine import RolloutResult
 
 log = logging.getLogger("audio_grpo")
 DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-@ray.remote(num_cpus=0)
-def _address_here() -> tuple[str, int]:
-    return ray.util.get_node_ip_address(), free_port()
-
-
-def address_in_bundle(placement: Placement, bundle: int) -> tuple[str, int]:
-    """IP and a free port on the node that holds `bundle` (where a rendezvous master will listen)."""
-    return ray.get(_address_here.options(**placement.options(bundle, 0, 0)).remote())
 
 
 class LearnerGroup:
     """`num_ranks` learner actors forming one DeepSpeed data-parallel group."""
 
     def __init__(self, config: RunConfig, placement: Placement, model_path: str):
-        cfg = config.learner
+        cfg, wired = config.learner, learner_config(config)
         self.placement = placement
         host, port = address_in_bundle(placement, placement.learner_bundles[0])
         self.ranks = [
             LearnerActor.options(**placement.options(bundle, cfg.cpus_per_rank, cfg.gpus_per_rank)).remote(
-                model_path, cfg.optim, rank=rank, world_size=cfg.num_ranks, master_addr=host, master_port=port
+                model_path, wired, rank=rank, world_size=cfg.num_ranks, master_addr=host, master_port=port
             )
             for rank, bundle in enumerate(placement.learner_bundles)
         ]
-        ray.get([r.config_dict.remote() for r in self.ranks])  # raises here if a rank failed to start
+        ray.get([r.__ray_ready__.remote() for r in self.ranks])  # raises here if a rank failed to start
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         n = len(self.ranks)
@@ -73,9 +55,6 @@ class LearnerGroup:
 
     def load(self, directory: str) -> dict[str, Any]:
         return ray.get([rank.load.remote(directory) for rank in self.ranks])[0]
-
-    def weight_plan(self, bucket_bytes: int) -> dict:
-        return ray.get([rank.weight_plan.remote(bucket_bytes) for rank in self.ranks])[0]
 
 
 @dataclass
@@ -97,19 +76,23 @@ class RolloutPool:
 
     def __init__(self, config: RunConfig, placement: Placement, model_path: str):
         self.config, self.placement, self.model_path = config, placement, model_path
-        self.workers = [self._start(bundle) for bundle in placement.rollout_bundles]
-        ray.get([w.ping.remote() for w in self.workers])
+        self.workers = [self._start(i) for i in range(len(placement.rollout_bundles))]
+        ray.get([w.__ray_ready__.remote() for w in self.workers])
         self.restarts = 0
         self.version = 0
         self.last_sync: dict[str, float] = {}
-        self._learner = None
-        self._plan: dict | None = None
+        self._learner: LearnerGroup | None = None
 
-    def _start(self, bundle: int):
-        cfg = self.config.rollout
+    def _start(self, index: int):
+        cfg, bundle = self.config.rollout, self.placement.rollout_bundles[index]
         return RolloutActor.options(
             **self.placement.options(bundle, cfg.cpus_per_worker, cfg.gpus_per_worker)
-        ).remote(self.model_path, cfg.engine, self.config.learner.optim.thinking)
+        ).remote(
+            self.model_path,
+            cfg.engine,
+            self.config.prompt,
+            sub_seed(self.config.train.seed, "rollout", index),
+        )
 
     def _replace(self, index: int, reconnect: bool = True) -> None:
         log.warning("rollout worker %d died; starting a replacement", index)
@@ -117,11 +100,11 @@ class RolloutPool:
             ray.kill(self.workers[index])
         except Exception:  # noqa: BLE001 - it is already gone
             pass
-        self.workers[index] = self._start(self.placement.rollout_bundles[index])
-        ray.get(self.workers[index].ping.remote())
+        self.workers[index] = self._start(index)
+        ray.get(self.workers[index].__ray_ready__.remote())
         self.restarts += 1
         if reconnect and self._learner is not None:  # the new worker must hold the current policy first
-            self.connect(self._learner, self._plan)
+            self.connect(self._learner)
             self.broadcast(self.version)
 
     def submit(
@@ -170,9 +153,9 @@ class RolloutPool:
         """Completions for every question, spread evenly over the workers; dead workers are replaced."""
         return self.collect(self.submit(questions, sampling, greedy, **kwargs))
 
-    def connect(self, learner: LearnerGroup, plan: dict) -> None:
+    def connect(self, learner: LearnerGroup) -> None:
         """(Re)build the sync group: learner rank 0 is rank 0, worker i is rank i + 1."""
-        self._learner, self._plan = learner, plan
+        self._learner = learner
         sync = self.config.sync
         backend = (
             sync.backend
@@ -185,7 +168,11 @@ class RolloutPool:
             w.init_weight_sync.remote(host, port, i + 1, world, backend, sync.timeout_s)
             for i, w in enumerate(self.workers)
         ]
-        ray.get(learner.ranks[0].init_weight_sync.remote(host, port, world, backend, sync.timeout_s))
+        ray.get(
+            learner.ranks[0].init_weight_sync.remote(
+                host, port, world, backend, sync.timeout_s, sync.bucket_mb * 1024**2
+            )
+        )
         ray.get(joined)
 
     def broadcast(self, version: int) -> float:
@@ -196,8 +183,8 @@ class RolloutPool:
         """
         started = time.perf_counter()
         for _attempt in range(self.config.train.max_retries + 1):
-            received = [w.receive_weights.remote(self._plan, version) for w in self.workers]
-            sent = [rank.send_weights.remote(self._plan) for rank in self._learner.ranks]
+            received = [w.receive_weights.remote(version) for w in self.workers]
+            sent = [rank.send_weights.remote() for rank in self._learner.ranks]
             try:
                 senders, receivers = ray.get(sent), ray.get(received)
                 self.version = version
@@ -214,13 +201,14 @@ class RolloutPool:
                     raise
                 for i in dead:
                     self._replace(i, reconnect=False)
-                self.connect(self._learner, self._plan)
+                self.connect(self._learner)
         raise RuntimeError("weight broadcast kept failing")
 
     @staticmethod
     def _alive(worker) -> bool:
         try:
-            return ray.get(worker.ping.remote(), timeout=30)
+            ray.get(worker.__ray_ready__.remote(), timeout=30)
+            return True
         except Exception:  # noqa: BLE001 - any failure to answer means it is gone
             return False
 
@@ -238,7 +226,7 @@ class RewardPool:
 
     def _start(self, bundle: int):
         return RewardActor.options(**self.placement.options(bundle, 0.1, 0)).remote(
-            self.config.reward.weights
+            self.config.reward.weights, self.config.prompt.thinking
         )
 
     def score(self, responses: list[str], answers: list[str]) -> list:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ import numpy as np
 from learner.checkpoint import latest_checkpoint, read_manifest
 from reward.rewards import extract_answer
 from rollout.audio import SAMPLE_RATE
-from rollout.prompt import render_prompt
-from rollout.sampling import forbidden_token_ids
+from rollout.prompt import PromptConfig, render_prompt
+from rollout.sampling import SamplingConfig, forbidden_token_ids, vllm_sampling_params
+from rollout.vllm_engine import EngineConfig, engine_args
 
 log = logging.getLogger("audio_grpo.serve")
 
@@ -49,9 +49,6 @@ class PolicyInfo:
     loaded_at: float
     run_dir: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
 
 def _step_of(folder: Path) -> int:
     try:
@@ -61,35 +58,30 @@ def _step_of(folder: Path) -> int:
 
 
 class PolicyEngine:
+    """The served policy. `engine`, `prompt` and `sampling` are the training run's own settings when
+    following a run (the CLI reads its config.yaml), so answers are asked and decoded as in training."""
+
     def __init__(
         self,
         model_dir: str | None = None,
         run_dir: str | None = None,
         *,
-        dtype: str = "bfloat16",
-        max_model_len: int = 4096,
-        kv_cache_gib: float = 1.0,
+        engine: EngineConfig = EngineConfig(),
+        prompt: PromptConfig = PromptConfig(),
+        sampling: SamplingConfig = SamplingConfig(),
         poll_s: float = 2.0,
     ):
         if (model_dir is None) == (run_dir is None):
             raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
         self.run_dir = Path(run_dir) if run_dir else None
+        self.prompt, self.sampling, self.engine_config = prompt, sampling, engine
         start = Path(model_dir) if model_dir else self._wait_for_first_checkpoint()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(
-                model=str(start),
-                dtype=dtype,
-                max_model_len=max_model_len,
-                limit_mm_per_prompt={"audio": 1},
-                enforce_eager=True,
-                disable_log_stats=True,
-            )
+            AsyncEngineArgs(**engine_args(str(start), engine, disable_log_stats=True))
         )
         self.processor = AutoProcessor.from_pretrained(start)
         self.forbidden = forbidden_token_ids(self.processor.tokenizer)
@@ -176,18 +168,14 @@ class PolicyEngine:
         temperature: float = 0.0,
         max_tokens: int = 256,
         n: int = 1,
-        thinking: bool = False,
     ) -> dict[str, Any]:
-        from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         started = time.perf_counter()
-        prompt = render_prompt(self.processor, question, choices, thinking=thinking)
-        params = SamplingParams(
-            n=n,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            logit_bias={t: -100.0 for t in self.forbidden},
+        prompt = render_prompt(self.processor, question, choices, thinking=self.prompt.thinking)
+        params = vllm_sampling_params(
+            replace(self.sampling, n=n, temperature=temperature, max_tokens=max_tokens),
+            self.forbidden,
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, holding all n samples
         )
         final = None

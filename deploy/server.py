@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from rollout.audio import AudioError, AudioTooLongError, load_audio
+from rollout.question import ChoiceError, validate_choices
 
 log = logging.getLogger("audio_grpo.serve")
 
@@ -93,14 +94,10 @@ def parse_choices(raw: Any, limits: ServeLimits) -> list[str]:
             raise HTTPException(
                 400, f"choices must be a JSON list of strings: {err.msg} at position {err.pos}"
             ) from None
-    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-        raise HTTPException(400, 'choices must be a JSON list of strings, e.g. ["Man", "Woman"]')
-    if not 2 <= len(raw) <= 8:
-        raise HTTPException(400, f"choices must hold 2 to 8 options, got {len(raw)}")
-    if any(not c.strip() for c in raw):
-        raise HTTPException(400, "a choice is empty")
-    if len(set(raw)) != len(raw):
-        raise HTTPException(400, f"choices must be distinct, got {raw}")
+    try:
+        validate_choices(raw)
+    except ChoiceError as err:
+        raise HTTPException(400, str(err)) from None
     if any(len(c) > limits.max_choice_chars for c in raw):
         raise HTTPException(400, f"a choice is longer than {limits.max_choice_chars} characters")
     return raw
@@ -267,7 +264,11 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
     async def policy():
         engine = state["engine"]
         return {
-            **engine.info.to_dict(),
+            **vars(engine.info),
+            # How answers are asked and decoded (a followed run's own settings).
+            "thinking": engine.prompt.thinking,
+            "dtype": engine.engine_config.dtype,
+            "max_model_len": engine.engine_config.max_model_len,
             "in_flight": engine.in_flight,
             "max_in_flight": state["max_in_flight"],
         }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +51,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _full_model_on_rank0(learner):
-    """The model with every parameter present, for writing (gathers ZeRO-3 partitions)."""
-    import contextlib
-
-    import deepspeed
-
-    if learner.config.zero_stage == 3:
-        return deepspeed.zero.GatheredParameters(list(learner.model.parameters()), modifier_rank=None)
-    return contextlib.nullcontext()
-
-
 def save_checkpoint(learner, directory: str | Path, state: dict[str, Any] | None = None) -> Path:
     """Collective: every rank calls it. Returns the final folder."""
     final = Path(directory)
@@ -69,7 +59,7 @@ def save_checkpoint(learner, directory: str | Path, state: dict[str, Any] | None
         shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier attempt
         partial.mkdir(parents=True)
     _barrier()
-    with _full_model_on_rank0(learner):
+    with learner.gathered():
         if learner.rank == 0:
             save_hf_folder(learner.model, learner.processor, partial)
     learner.engine.save_checkpoint(str(partial / STATE_DIR), tag=TAG, save_latest=False)
@@ -80,7 +70,7 @@ def save_checkpoint(learner, directory: str | Path, state: dict[str, Any] | None
             "step": learner.step,
             "reference_model": learner.model_path,
             "world_size": learner.world_size,
-            "learner": learner.config_dict(),
+            "learner": asdict(learner.config),
             "state": state or {},
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))

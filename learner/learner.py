@@ -7,49 +7,19 @@ DeepSpeed (gloo on CPU, NCCL on GPU).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from learner.grpo import LossType, grpo_loss
+from learner.config import LearnerConfig
+from learner.grpo import grpo_loss
 from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
-
-
-@dataclass
-class LearnerConfig:
-    """Optimisation settings (R1-AQA's values as defaults)."""
-
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    total_steps: int = 1000  # for the linear and cosine schedules
-    beta: float = 0.04  # KL coefficient; 0 drops the reference model
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    loss_type: LossType = "grpo"
-    updates_per_batch: int = 1  # > 1 re-uses a batch; the clipped ratio then matters
-    max_completion_length: int = 256  # the dr_grpo normaliser
-    temperature: float = 1.0  # the sampling temperature: log-probs are taken of logits / T
-    zero_stage: int = 0  # 0 to 3
-    dtype: Literal["bf16", "fp32"] = "bf16"
-    micro_batch_questions: int = 1  # questions (with all their completions) per forward/backward
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    # Run each question's prompt (audio included) once and its completions on top of the cached
-    # prompt: the same numbers as one row per completion, with ~1/n of the prompt compute.
-    share_prompt: bool = True
-    # torch threads on CPU: 0 keeps Ray's setting (the actor's num_cpus), -1 takes every core (the
-    # rollout workers sit idle during the update unless train.overlap_rollout is on).
-    cpu_threads: int = 0
-    thinking: bool = False  # prompts ask for <think> first
-    seed: int = 0
 
 
 @dataclass
@@ -83,13 +53,20 @@ class LearnerBatch:
 
 
 def _lr_lambda(config: LearnerConfig):
+    optim = config.optimizer
+    if optim.lr_schedule != "constant" and optim.schedule_steps <= optim.warmup_steps:
+        raise ValueError(
+            f"a {optim.lr_schedule} schedule needs schedule_steps ({optim.schedule_steps}) > warmup_steps"
+        )
+    total = optim.schedule_steps
+
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / (config.warmup_steps + 1)
-        if config.lr_schedule == "constant":
+        if step < optim.warmup_steps:
+            return (step + 1) / (optim.warmup_steps + 1)
+        if optim.lr_schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps))
-        if config.lr_schedule == "linear":
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
+        if optim.lr_schedule == "linear":
             return 1.0 - progress
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -100,9 +77,9 @@ def deepspeed_config(config: LearnerConfig) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,  # set per step from the batch (set_train_batch_size)
-        "gradient_clipping": config.max_grad_norm,
-        "zero_optimization": {"stage": config.zero_stage},
-        "bf16": {"enabled": config.dtype == "bf16"},
+        "gradient_clipping": config.optimizer.max_grad_norm,
+        "zero_optimization": {"stage": config.parallel.zero_stage},
+        "bf16": {"enabled": config.parallel.dtype == "bfloat16"},
         "zero_allow_untested_optimizer": True,  # a torch AdamW: no DeepSpeed op to compile
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -116,6 +93,10 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 
     if dist.is_initialized():
         return
+    if os.environ.get("TORCH_EXTENSIONS_DIR") == "":
+        # torch reads an empty value as the current folder: DeepSpeed's CPU op would be JIT-built
+        # into whatever folder the process runs in (the repository, under Ray). Use torch's default.
+        del os.environ["TORCH_EXTENSIONS_DIR"]
     os.environ.update(
         {
             "MASTER_ADDR": master_addr,
@@ -157,28 +138,30 @@ class Learner:
             rank, world_size, master_addr, master_port, "nccl" if self.device.type == "cuda" else "gloo"
         )
         torch.manual_seed(config.seed + rank)
-        if self.device.type == "cpu" and config.cpu_threads:
-            torch.set_num_threads((os.cpu_count() or 1) if config.cpu_threads < 0 else config.cpu_threads)
-        dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
+        parallel, optim = config.parallel, config.optimizer
+        if self.device.type == "cpu" and parallel.cpu_threads:
+            threads = parallel.cpu_threads
+            torch.set_num_threads((os.cpu_count() or 1) if threads < 0 else threads)
 
         self.processor = AutoProcessor.from_pretrained(self.model_path)
         policy = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=torch.float32)
-        if config.gradient_checkpointing:
+        if parallel.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+            policy.parameters(), lr=optim.lr, betas=optim.adam_betas, weight_decay=optim.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config)
         )
-        if config.zero_stage == 3:
+        if parallel.zero_stage == 3:
             # The audio encoder reads embed_positions.weight directly rather than through a forward
             # call, so ZeRO-3 would never gather it; register it with the encoder that uses it.
             tower = self.engine.module.model.audio_tower
             deepspeed.zero.register_external_parameter(tower, tower.embed_positions.weight)
         self.reference = None
-        if config.beta != 0.0:
+        if config.loss.beta != 0.0:
+            dtype = getattr(torch, parallel.dtype)
             self.reference = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
             self.reference.to(self.device).eval().requires_grad_(False)
         generation = self.engine.module.generation_config
@@ -186,14 +169,24 @@ class Learner:
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.step = 0
+        self._sync_group, self._sync_bucket_bytes = None, 0  # the weight broadcast (rank 0 only)
 
     @property
     def model(self):
         return self.engine.module
 
+    def gathered(self):
+        """A context in which every parameter is whole on every rank (ZeRO-3 gathers its partitions;
+        other stages hold them whole already). Collective: all ranks enter it together."""
+        if self.config.parallel.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
     def _micro_batches(self, batch: LearnerBatch) -> list[list[int]]:
         """Question indices per micro-batch."""
-        size = self.config.micro_batch_questions
+        size = self.config.parallel.micro_batch_questions
         n = len(batch.questions)
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
@@ -234,14 +227,18 @@ class Learner:
         audio = audio_embeddings(
             model, encoded.input_features[questions], encoded.feature_attention_mask[questions]
         )
-        return completion_logprobs(model, rows, audio, self.config.temperature, self.config.share_prompt)
+        return completion_logprobs(
+            model, rows, audio, self.config.sampling.temperature, self.config.parallel.share_prompt
+        )
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One GRPO update (or `updates_per_batch` of them) on this rank's share of the batch."""
-        cfg = self.config
+        cfg = self.config.loss
         if not batch.completions:
             raise ValueError("empty batch")
-        encoded = encode_questions(self.processor, batch.questions, batch.waveforms, thinking=cfg.thinking)
+        encoded = encode_questions(
+            self.processor, batch.questions, batch.waveforms, thinking=self.config.prompt.thinking
+        )
         micro = self._micro_batches(batch)
         prepared = [(q, *self._rows(batch, encoded, q)) for q in micro]
         n_responses = sum(rows.completion_ids.size(0) for _, rows, _ in prepared)
@@ -280,7 +277,7 @@ class Learner:
                     epsilon_low=cfg.epsilon_low,
                     epsilon_high=cfg.epsilon_high,
                     loss_type=cfg.loss_type,
-                    max_completion_length=cfg.max_completion_length,
+                    max_completion_length=self.config.sampling.max_tokens,
                     num_items_in_batch=n_tokens,
                 )
                 # Weight each micro-batch by its share so the sum is the loss over the whole shard.
@@ -310,7 +307,7 @@ class Learner:
 
     def _grad_norm(self) -> float | None:
         """Pre-clipping gradient norm when DeepSpeed does not report one (ZeRO stage 0)."""
-        if self.config.zero_stage != 0:
+        if self.config.parallel.zero_stage != 0:
             return None
         grads = [p.grad.float() for p in self.model.parameters() if p.grad is not None]
         return (
@@ -321,26 +318,21 @@ class Learner:
 
     # -- weight broadcast to the rollout pool (rank 0 is the sender) ----------------------------------
 
-    def weight_plan(self, bucket_bytes: int) -> dict:
-        from learner.weight_sync import weight_plan
-
-        return weight_plan(self, bucket_bytes)
-
     def init_weight_sync(
-        self, host: str, port: int, world_size: int, backend: str | None = None, timeout_s: float = 300.0
+        self, host: str, port: int, world_size: int, backend: str, timeout_s: float, bucket_bytes: int
     ) -> None:
         """Rank 0 joins the sync group as its rank 0 (other ranks hold no group)."""
-        from learner.weight_sync import open_group
+        from rollout.weight_sync import SyncGroup
 
-        self._sync_group = None
+        self._sync_group, self._sync_bucket_bytes = None, bucket_bytes
         if self.rank == 0:
-            backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
-            self._sync_group = open_group(host, port, world_size, backend, timeout_s)
+            self._sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s)
 
-    def send_weights(self, wire_plan: dict) -> dict[str, float]:
+    def send_weights(self) -> dict[str, float]:
+        """Collective over the learner ranks (ZeRO-3 gathers); rank 0 broadcasts. Returns timings."""
         from learner.weight_sync import send_weights
 
-        return send_weights(self, getattr(self, "_sync_group", None), wire_plan)
+        return send_weights(self, self._sync_group, self._sync_bucket_bytes)
 
     def flat_parameters(self) -> np.ndarray:
         """All weights as one float32 vector (tests compare ranks and runs with it)."""
@@ -355,6 +347,3 @@ class Learner:
         from learner.checkpoint import load_checkpoint
 
         return load_checkpoint(self, directory)
-
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)

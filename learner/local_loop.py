@@ -1,14 +1,14 @@
 """GRPO in one process with HF `generate`: R1-AQA's loop, on the real learner.
 
 Sample B questions, generate G completions each, score them, normalise advantages within each
-group, update. This is the reference loop: the learning proof runs it (with its sign-flipped
-control) and the end-to-end benchmark uses it as the single-process baseline. The distributed
-service runs the same steps across Ray actors.
+group, update: the same step functions (`learner.grpo_step`) as the distributed driver, with HF
+generation in place of the rollout pool and the reward computed in-process. The learning proof
+runs it (with its sign-flipped control) and the end-to-end benchmark uses it as the
+single-process baseline.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.grpo import group_advantages
-from learner.learner import Learner, LearnerBatch
-from reward.rewards import RewardWeights, extract_answer, score_response, summarize_scores
-from rollout.hf_engine import hf_generate
+from learner.grpo_step import assemble_batch, responses_and_answers, step_record, usable_groups
+from learner.learner import Learner
+from reward.rewards import RewardScorer, RewardWeights, accuracy_reward
+from rollout.datasets import EpochSampler
+from rollout.hf_engine import hf_rollouts
 from rollout.question import AudioQuestion
-from rollout.sampling import SamplingConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopConfig:
     steps: int = 100
     questions_per_step: int = 8
@@ -39,24 +39,30 @@ def greedy_accuracy(
     learner: Learner,
     questions: list[AudioQuestion],
     waveforms: dict[str, np.ndarray],
-    sampling: SamplingConfig,
     batch_size: int = 32,
 ) -> float:
-    """Fraction of held-out questions whose greedy answer is exactly the right choice."""
+    """Fraction of held-out questions whose greedy answer the accuracy reward counts as right."""
     right = 0
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        outs = hf_generate(
-            learner.model,
-            learner.processor,
-            [(q.question, q.choices) for q in chunk],
-            [waveforms[q.id] for q in chunk],
-            sampling,
-            greedy=True,
+        results = _generate(learner, chunk, waveforms, greedy=True)
+        right += sum(
+            accuracy_reward(r.completions[0].text, q.answer) for r, q in zip(results, chunk, strict=True)
         )
-        texts = learner.processor.tokenizer.batch_decode([o[0] for o in outs], skip_special_tokens=True)
-        right += sum(extract_answer(t) == q.answer for t, q in zip(texts, chunk, strict=True))
     return right / len(questions)
+
+
+def _generate(learner: Learner, questions, waveforms, greedy: bool = False):
+    config = learner.config
+    return hf_rollouts(
+        learner.model,
+        learner.processor,
+        questions,
+        [waveforms[q.id] for q in questions],
+        config.sampling,
+        greedy=greedy,
+        thinking=config.prompt.thinking,
+    )
 
 
 def run_local_grpo(
@@ -64,45 +70,38 @@ def run_local_grpo(
     train: list[AudioQuestion],
     held_out: list[AudioQuestion],
     waveforms: dict[str, np.ndarray],
-    sampling: SamplingConfig,
     loop: LoopConfig,
-    weights: RewardWeights | None = None,
+    weights: RewardWeights = RewardWeights(),
     log: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Run `loop.steps` GRPO steps; return one record per step (held-out accuracy where measured)."""
-    weights = weights or RewardWeights()
-    rng = random.Random(loop.seed)
+    """Run `loop.steps` GRPO steps; return one record per step (held-out accuracy where measured).
+
+    Sampling (n, temperature, completion budget) and the prompt style are the learner's own
+    (`learner.config.sampling`, `.prompt`), so generation and the loss read the same facts.
+    """
+    sampler = EpochSampler(len(train), loop.seed)
+    scorer = RewardScorer(weights, thinking=learner.config.prompt.thinking)
     torch.manual_seed(loop.seed)
-    tokenizer = learner.processor.tokenizer
     history = []
     for step in range(1, loop.steps + 1):
         started = time.perf_counter()
-        picked = rng.sample(train, loop.questions_per_step)
-        questions = [(q.question, q.choices) for q in picked]
-        waves = [waveforms[q.id] for q in picked]
-        groups = hf_generate(learner.model, learner.processor, questions, waves, sampling)
-        completions = [c for group in groups for c in group]
-        index = [qi for qi, group in enumerate(groups) for _ in group]
-        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        scores = [score_response(t, picked[qi].answer, weights) for t, qi in zip(texts, index, strict=True)]
-        rewards = torch.tensor([s.total for s in scores])
-        advantages = group_advantages(rewards, sampling.n, eps=loop.adv_eps)
-        if loop.flip_advantages:
-            advantages = -advantages
+        picked = [train[i] for i in sampler.take(loop.questions_per_step)]
+        results = _generate(learner, picked, waveforms)
         generated = time.perf_counter()
-        metrics = learner.train_step(LearnerBatch(questions, waves, completions, index, advantages.tolist()))
-        record = {
-            "step": step,
-            **summarize_scores(scores),
-            "kl": metrics["kl"],
-            "loss": metrics["loss"],
-            "grad_norm": metrics["grad_norm"],
-            "completion_tokens": float(np.mean([len(c) for c in completions])),
-            "generate_s": generated - started,
-            "step_s": time.perf_counter() - started,
-        }
+        groups = usable_groups(picked, results, learner.config.sampling.n)
+        scores = scorer.score(*responses_and_answers(groups))
+        batch = assemble_batch(
+            groups,
+            scores,
+            adv_eps=loop.adv_eps,
+            flip_advantages=loop.flip_advantages,
+            audio=lambda q: waveforms[q.id],
+        )
+        update = learner.train_step(batch)
+        seconds = {"generate_s": generated - started, "step_s": time.perf_counter() - started}
+        record = step_record(step, results, scores, batch, update, seconds)
         if loop.eval_every and (step % loop.eval_every == 0 or step == loop.steps):
-            record["held_out_accuracy"] = greedy_accuracy(learner, held_out, waveforms, sampling)
+            record["held_out_accuracy"] = greedy_accuracy(learner, held_out, waveforms)
         history.append(record)
         if log:
             log(record)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers.masking_utils import create_bidirectional_mask
 
 from learner.grpo import completion_mask, token_logprobs
+from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
 
 
@@ -38,7 +39,7 @@ def encode_questions(
     prompt_ids, features, feature_masks = [], [], []
     for (question, choices), wave in zip(questions, waveforms, strict=True):
         text = render_prompt(processor, question, choices, thinking=thinking)
-        out = processor(text=text, audio=wave, sampling_rate=16000, return_tensors="pt")
+        out = processor(text=text, audio=wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         prompt_ids.append(out.input_ids[0].tolist())
         features.append(out.input_features)
         feature_masks.append(out.feature_attention_mask)

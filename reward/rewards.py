@@ -17,6 +17,11 @@ _FORMAT = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 _THINKING_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 
 
+def answer_tag(choice: str) -> str:
+    """A response in the rewarded format: `<answer>choice</answer>`."""
+    return f"<answer>{choice}</answer>"
+
+
 def extract_answer(response: str) -> str:
     """The answer a response gives: the first one-line `<answer>` span, else the whole text, stripped."""
     match = _ANSWER_SPAN.search(response)
@@ -38,7 +43,6 @@ class RewardWeights:
 
     accuracy: float = 1.0
     format: float = 1.0
-    thinking: bool = False  # score the format against the thinking variant
 
 
 @dataclass(frozen=True)
@@ -47,13 +51,13 @@ class RewardScore:
     format: float
     total: float
 
-    def to_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "format": self.format, "total": self.total}
 
-
-def score_response(response: str, answer: str, weights: RewardWeights = RewardWeights()) -> RewardScore:
+def score_response(
+    response: str, answer: str, weights: RewardWeights = RewardWeights(), thinking: bool = False
+) -> RewardScore:
+    """Both rewards and their weighted total; `thinking` scores the format's thinking variant."""
     accuracy = accuracy_reward(response, answer)
-    fmt = format_reward(response, thinking=weights.thinking)
+    fmt = format_reward(response, thinking=thinking)
     return RewardScore(accuracy, fmt, weights.accuracy * accuracy + weights.format * fmt)
 
 
@@ -70,13 +74,12 @@ def summarize_scores(scores: list[RewardScore]) -> dict[str, float]:
 class RewardScorer:
     """The plain object behind the reward actor: scores a batch of (response, answer) pairs."""
 
-    def __init__(self, weights: RewardWeights = RewardWeights()):
-        self.weights = weights
+    def __init__(self, weights: RewardWeights = RewardWeights(), thinking: bool = False):
+        self.weights, self.thinking = weights, thinking
 
     def score(self, responses: list[str], answers: list[str]) -> list[RewardScore]:
         if len(responses) != len(answers):
             raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
-        return [score_response(r, a, self.weights) for r, a in zip(responses, answers, strict=True)]
-
-    def ping(self) -> bool:
-        return True
+        return [
+            score_response(r, a, self.weights, self.thinking) for r, a in zip(responses, answers, strict=True)
+        ]

@@ -96,8 +96,3 @@ def load_audio(
     if not np.all(np.isfinite(mono)):
         raise AudioDecodeError(name, "decoded samples contain NaN or infinity")
     return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def audio_seconds(waveform: np.ndarray) -> float:
-    """Duration in seconds of a waveform returned by `load_audio`."""
-    return waveform.shape[0] / SAMPLE_RATE

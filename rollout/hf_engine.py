@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
+from rollout.question import AudioQuestion, Completion, RolloutResult
 from rollout.sampling import SamplingConfig, end_token_ids, forbidden_token_ids, trim_completion
 
 
@@ -29,7 +31,7 @@ def hf_generate(
     texts = [render_prompt(processor, q, c, thinking=thinking) for q, c in questions]
     tokenizer.padding_side = "left"
     inputs = processor(
-        text=texts, audio=list(waveforms), sampling_rate=16000, return_tensors="pt", padding=True
+        text=texts, audio=list(waveforms), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
     )
     n = 1 if greedy else sampling.n
     was_training = model.training
@@ -50,3 +52,36 @@ def hf_generate(
     ends = end_token_ids(model.generation_config, tokenizer)
     trimmed = [trim_completion(ids, ends, tokenizer.pad_token_id) or [ends[0]] for ids in generated]
     return [trimmed[i * n : (i + 1) * n] for i in range(len(questions))]
+
+
+def hf_rollouts(
+    model,
+    processor,
+    questions: list[AudioQuestion],
+    waveforms: list[np.ndarray],
+    sampling: SamplingConfig,
+    *,
+    greedy: bool = False,
+    thinking: bool = False,
+) -> list[RolloutResult]:
+    """`hf_generate` as the rollout pool answers: one `RolloutResult` per question, texts decoded."""
+    groups = hf_generate(
+        model,
+        processor,
+        [(q.question, q.choices) for q in questions],
+        waveforms,
+        sampling,
+        greedy=greedy,
+        thinking=thinking,
+    )
+    decode = processor.tokenizer.batch_decode
+    return [
+        RolloutResult(
+            q.id,
+            [
+                Completion(ids, text)
+                for ids, text in zip(group, decode(group, skip_special_tokens=True), strict=True)
+            ],
+        )
+        for q, group in zip(questions, groups, strict=True)
+    ]

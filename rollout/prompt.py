@@ -10,7 +10,16 @@ the processor's chat template.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How the policy is asked. One switch for the prompt, the reward's format check and serving."""
+
+    thinking: bool = False  # ask for <think>..</think> before <answer>..</answer>, and reward that format
+
 
 ANSWER_INSTRUCTION = "Output the final answer in <answer> </answer>."
 THINKING_INSTRUCTION = (

@@ -1,20 +1,23 @@
-"""Sampling settings shared by every generation engine (vLLM for training, HF for reference)."""
+"""Sampling settings shared by every generation engine (vLLM for training and serving, HF for
+reference), and the one function that turns them into vLLM's `SamplingParams`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # A young policy can sample these; fed back through Qwen2-Audio's forward they break the audio
 # merge ("Audio features and audio tokens do not match"), so generation forbids them.
 FORBIDDEN_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|im_start|>")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
     """R1-AQA's rollout sampling: 8 responses per question at temperature 1.0.
 
     R1-AQA's trainer sampled with transformers' default top_k=50; set `top_k: 50` to reproduce it
-    exactly. 0 disables top-k.
+    exactly. 0 disables top-k. The learner reads `temperature` (log-probs of logits / T) and
+    `max_tokens` (the completion budget, dr_grpo's normaliser) from here too.
     """
 
     n: int = 8
@@ -22,7 +25,33 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_tokens: int = 256
-    seed: int | None = None
+
+
+def vllm_sampling_params(
+    sampling: SamplingConfig,
+    forbidden: list[int],
+    *,
+    greedy: bool = False,
+    logprobs: bool = False,
+    **extra: Any,
+):
+    """vLLM's `SamplingParams` for rollouts, evaluation and serving alike (`greedy`: n=1, argmax).
+
+    `logprobs` returns the sampled tokens' log-probs (the off-policy correction's denominator);
+    `forbidden` token ids get a -100 logit bias; `extra` goes to SamplingParams as is.
+    """
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1 if greedy else sampling.n,
+        temperature=0.0 if greedy else sampling.temperature,
+        top_p=1.0 if greedy else sampling.top_p,
+        top_k=0 if greedy or sampling.top_k <= 0 else sampling.top_k,
+        max_tokens=sampling.max_tokens,
+        logprobs=0 if logprobs else None,
+        logit_bias={t: -100.0 for t in forbidden},
+        **extra,
+    )
 
 
 def forbidden_token_ids(tokenizer) -> list[int]:

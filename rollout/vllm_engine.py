@@ -10,89 +10,69 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from rollout.audio import SAMPLE_RATE, AudioError, load_audio
-from rollout.prompt import render_prompt
-from rollout.question import AudioQuestion
-from rollout.sampling import SamplingConfig, forbidden_token_ids
+from rollout.prompt import PromptConfig, render_prompt
+from rollout.question import AudioQuestion, Completion, RolloutResult
+from rollout.sampling import SamplingConfig, forbidden_token_ids, vllm_sampling_params
+
+Dtype = Literal["bfloat16", "float16", "float32"]  # torch's names, the one spelling everywhere
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
-    """vLLM engine settings (the rest of vLLM's defaults apply)."""
+    """vLLM engine settings, the same defaults for rollout workers, `eval` and `serve`."""
 
-    dtype: str = "bfloat16"
-    max_model_len: int = 2048
+    dtype: Dtype = "bfloat16"
+    max_model_len: int = 4096
     gpu_memory_utilization: float = 0.85
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
-    seed: int = 0
-    in_process: bool = True  # run vLLM's engine core inside this process (fewer processes on CPU)
+    # Rollout workers only: vLLM's engine core inside the worker's process (fewer processes on
+    # CPU). Serving always keeps it in its own process, so a dead engine is seen and reported.
+    in_process: bool = True
 
 
-@dataclass
-class Completion:
-    token_ids: list[int]
-    text: str
-    logprobs: list[float] | None = None
-
-
-@dataclass
-class RolloutResult:
-    """The `n` completions of one question, and the policy version that produced them."""
-
-    question_id: str
-    completions: list[Completion] = field(default_factory=list)
-    policy_version: int = 0
-    error: str | None = None  # e.g. the audio could not be loaded: the question is dropped, not retried
+def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: Any) -> dict[str, Any]:
+    """vLLM's engine arguments for `LLM(...)` and `AsyncEngineArgs(...)` alike (audio: one clip)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
+    return {
+        "model": model_path,
+        "dtype": engine.dtype,
+        "max_model_len": engine.max_model_len,
+        "limit_mm_per_prompt": {"audio": 1},
+        "enforce_eager": engine.enforce_eager,
+        "seed": seed,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        **extra,
+    }
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, engine: EngineConfig | None = None, thinking: bool = False):
-        engine = engine or EngineConfig()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
+    def __init__(
+        self,
+        model_path: str,
+        engine: EngineConfig = EngineConfig(),
+        prompt: PromptConfig = PromptConfig(),
+        seed: int = 0,
+    ):
         if engine.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from transformers import AutoProcessor
         from vllm import LLM
 
-        self.model_path, self.thinking = model_path, thinking
+        self.model_path, self.prompt = model_path, prompt
         self.llm = LLM(
-            model=model_path,
-            dtype=engine.dtype,
-            max_model_len=engine.max_model_len,
-            limit_mm_per_prompt={"audio": 1},
-            enforce_eager=engine.enforce_eager,
-            seed=engine.seed,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            worker_extension_cls="rollout.weight_sync.WeightReceiver",
+            **engine_args(model_path, engine, seed, worker_extension_cls="rollout.weight_sync.WeightReceiver")
         )
-        self.processor = self._processor()
+        self.processor = AutoProcessor.from_pretrained(model_path)
         self.forbidden = forbidden_token_ids(self.processor.tokenizer)
         self.policy_version = 0
-
-    def _processor(self):
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(self.model_path)
-
-    def _params(self, sampling: SamplingConfig, greedy: bool, want_logprobs: bool):
-        from vllm import SamplingParams
-
-        return SamplingParams(
-            n=1 if greedy else sampling.n,
-            temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            top_k=0 if greedy or sampling.top_k <= 0 else sampling.top_k,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            logprobs=0 if want_logprobs else None,
-            logit_bias={t: -100.0 for t in self.forbidden},
-        )
 
     def generate(
         self,
@@ -111,12 +91,14 @@ class RolloutWorker:
             except AudioError as err:
                 results[i].error = str(err)
                 continue
-            prompt = render_prompt(self.processor, q.question, q.choices, thinking=self.thinking)
+            prompt = render_prompt(self.processor, q.question, q.choices, thinking=self.prompt.thinking)
             requests.append({"prompt": prompt, "multi_modal_data": {"audio": (wave, SAMPLE_RATE)}})
             owners.append(i)
         if requests:
             outputs = self.llm.generate(
-                requests, self._params(sampling, greedy, want_logprobs), use_tqdm=False
+                requests,
+                vllm_sampling_params(sampling, self.forbidden, greedy=greedy, logprobs=want_logprobs),
+                use_tqdm=False,
             )
             for owner, output in zip(owners, outputs, strict=True):
                 for sample in output.outputs:
@@ -134,20 +116,15 @@ class RolloutWorker:
     # -- weight sync -------------------------------------------------------------------------------
 
     def init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        rank: int,
-        world_size: int,
-        backend: str = "gloo",
-        timeout_s: float = 300.0,
+        self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float
     ) -> None:
+        """Join the learner's broadcast group (the weight plan comes over it with the first update)."""
         self.llm.collective_rpc("init_weight_sync", args=(host, port, rank, world_size, backend, timeout_s))
 
-    def receive_weights(self, wire_plan: dict, version: int) -> dict[str, Any]:
+    def receive_weights(self, version: int) -> dict[str, Any]:
         """Block until the learner's broadcast has arrived and been applied; return timings."""
         started = time.perf_counter()
-        timings = self.llm.collective_rpc("receive_weights", args=(wire_plan,))[0]
+        timings = self.llm.collective_rpc("receive_weights")[0]
         applied = time.perf_counter()
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()  # else the next audio request dies: "Encoder cache miss"
@@ -155,14 +132,5 @@ class RolloutWorker:
         end = time.perf_counter()
         return {**timings, "seconds": end - started, "cache_reset_s": end - applied, "version": version}
 
-    def close_weight_sync(self) -> None:
-        self.llm.collective_rpc("close_weight_sync")
-
     def get_policy_version(self) -> int:
         return self.policy_version
-
-    def ping(self) -> bool:
-        return True
-
-    def pid(self) -> int:
-        return os.getpid()

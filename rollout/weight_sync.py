@@ -3,18 +3,19 @@
 The learner's rank 0 and every rollout engine's worker join a private process group (rank 0 sends;
 gloo on CPU, NCCL on GPU), separate from vLLM's own torch.distributed state. Per update:
 
-1. every receiver is asked (collective_rpc, non-blocking for the caller) to `receive_weights(plan)`;
+1. every receiver is asked (collective_rpc, non-blocking for the caller) to `receive_weights()`;
 2. the sender packs the tensors per dtype into flat buckets of about `bucket_bytes` and broadcasts
-   them in order; receivers allocate the same buckets and receive into them;
+   them in order; receivers allocate the same buckets and receive into them. The plan (names,
+   dtypes, shapes, offsets) goes from the sender to the receivers once per group, over the group's
+   own store, with the first update;
 3. only when every bucket has arrived does a receiver call vLLM's `reload_weights` once, with views
    into the buckets. One reload session per update matters: a fused layer (q/k/v, gate/up) split
    across two sessions would be silently corrupted, and a half-applied reload kills the engine.
-
-The plan (names, dtypes, shapes, offsets) is plain lists, so it crosses collective_rpc and Ray.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,11 +105,12 @@ class SyncGroup:
         timeout_s: float = 300.0,
     ):
         self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.plan: SyncPlan | None = None  # agreed with the first update (`share_plan`)
         timeout = timedelta(seconds=timeout_s)
         if backend == "gloo":
             from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
 
-            store = TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout)
+            store = self._store = TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout)
             options = ProcessGroupGloo._Options()
             options._timeout = timeout
             options._devices = [ProcessGroupGloo.create_device(hostname=host)]
@@ -118,11 +120,26 @@ class SyncGroup:
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
             from vllm.distributed.utils import StatelessProcessGroup
 
-            group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+            group = self._store = StatelessProcessGroup.create(
+                host=host, port=port, rank=rank, world_size=world_size
+            )
             self.device = torch.device(f"cuda:{torch.cuda.current_device()}")
             self._group = PyNcclCommunicator(group, device=self.device)
         else:
             raise ValueError(f"unknown weight-sync backend {backend!r}")
+
+    def share_plan(self, plan: SyncPlan | None = None) -> SyncPlan:
+        """Rank 0 publishes its plan, every other rank waits for it (the group's timeout applies)."""
+        if self.plan is None:
+            if self.backend == "gloo":
+                if self.rank == 0:
+                    self._store.set("plan", json.dumps(plan_to_wire(plan)))
+                    self.plan = plan
+                else:
+                    self.plan = plan_from_wire(json.loads(self._store.get("plan")))
+            else:
+                self.plan = plan_from_wire(self._store.broadcast_obj(plan_to_wire(plan) if plan else None, 0))
+        return self.plan
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         if self.backend == "gloo":
@@ -154,11 +171,11 @@ class WeightReceiver:
     ) -> None:
         self._weight_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
 
-    def receive_weights(self, wire_plan: dict) -> dict[str, float]:
+    def receive_weights(self) -> dict[str, float]:
         """Receive every bucket, then reload once. Returns the tensor count and timings."""
         started = time.perf_counter()
-        plan = plan_from_wire(wire_plan)
         group = self._weight_group
+        plan = group.share_plan()
         # The buckets are kept for the next update: fresh memory each time would cost page faults
         # on every byte (about one more copy). reload_weights copies out of them, so reuse is safe.
         buckets = getattr(self, "_weight_buckets", None)
@@ -174,6 +191,3 @@ class WeightReceiver:
             "receive_s": received - started,
             "reload_s": time.perf_counter() - received,
         }
-
-    def close_weight_sync(self) -> None:
-        self._weight_group = None

@@ -1,61 +1,36 @@
-"""Shared fixtures: one tiny model, one synthetic data set and one vLLM engine per test session."""
+"""Shared fixtures: one tiny model, one synthetic data set, one vLLM engine and one Ray cluster per
+test session. Helper functions live in helpers.py."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
+from helpers import ROOT, fp32_llm, free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def write_tone(
-    path: Path, freq: float = 440.0, seconds: float = 1.0, rate: int = 16000, channels: int = 1, **kwargs
-) -> Path:
-    """A sine clip on disk (any format soundfile writes, chosen by suffix or `format=`)."""
-    t = np.arange(int(seconds * rate)) / rate
-    wave = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)
-    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data, rate, **kwargs)
-    return path
+# DeepSpeed JIT-builds a CPU op once; keep it in the project's cache (the Makefile sets the same),
+# never in whatever folder a process happens to run in.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from cluster.tiny_model import make_tiny
+    from assets.tiny_model import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
-    from cluster.synthetic import make_dataset
+    from assets.synthetic import make_dataset
 
     out = tmp_path_factory.mktemp("data") / "synthetic"
     make_dataset(out, n=160, seed=0)
     return out
-
-
-def fp32_llm(model_dir):
-    """A vLLM engine in fp32 (where its greedy output equals transformers' token for token)."""
-    from vllm import LLM
-
-    return LLM(
-        model=str(model_dir),
-        dtype="float32",
-        max_model_len=2048,
-        limit_mm_per_prompt={"audio": 1},
-        enforce_eager=True,
-        seed=0,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -64,37 +39,6 @@ def tiny_vllm(tiny_model_dir):
     llm = fp32_llm(tiny_model_dir)
     yield llm
     del llm
-
-
-def tone(freq: float, seconds: float = 1.0) -> np.ndarray:
-    t = np.arange(int(seconds * 16000)) / 16000
-    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def pitch_batch(tokenizer, n_questions: int = 2, group: int = 4):
-    """A LearnerBatch on the pitch task: completions alternate right/wrong, advantages +1/-1."""
-    from learner.learner import LearnerBatch
-
-    questions, waves, completions, index, advantages = [], [], [], [], []
-    for q in range(n_questions):
-        answer = "high" if q % 2 == 0 else "low"
-        questions.append(("Is the tone high or low?", ["high", "low"]))
-        waves.append(tone(2000.0 if answer == "high" else 300.0, 0.5 + 0.25 * q))
-        for g in range(group):
-            choice = answer if g % 2 == 0 else ("low" if answer == "high" else "high")
-            text = f"<answer>{choice}</answer><|im_end|>" if g < group - 1 else f"<answer>{choice}"
-            completions.append(tokenizer(text).input_ids)
-            index.append(q)
-            advantages.append(1.0 if choice == answer else -1.0)
-    return LearnerBatch(questions, waves, completions, index, advantages)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +119,7 @@ def ray_cluster(ray_head):
     ray.init(
         address=ray_head["address"],
         log_to_driver=False,
-        runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", "")}},
+        runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}},
     )
     yield ray
     ray.shutdown()

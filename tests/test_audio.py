@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_tone
+from helpers import write_tone
 
 from rollout.audio import (
     SAMPLE_RATE,

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fp32_llm, pitch_batch
+from helpers import assert_same_greedy, fp32_llm, hf_greedy, make_learner, pitch_batch, vllm_greedy
 from safetensors import safe_open
-from test_learner import make_learner
-from test_tiny_model import assert_same_greedy, hf_greedy
 
 import learner.checkpoint as checkpoint_module
 from learner.checkpoint import latest_checkpoint, read_manifest
@@ -19,7 +17,7 @@ from learner.checkpoint import latest_checkpoint, read_manifest
 @pytest.fixture
 def trained(tiny_model_dir, tmp_path):
     """A learner after two steps, and its checkpoint."""
-    learner = make_learner(tiny_model_dir, dtype="fp32")
+    learner = make_learner(tiny_model_dir, dtype="float32")
     batch = pitch_batch(learner.processor.tokenizer)
     learner.train_step(batch)
     learner.train_step(batch)
@@ -51,8 +49,6 @@ def test_checkpoint_loads_in_vllm_with_hf_equal_greedy(trained):
     _, _, path = trained
     llm = fp32_llm(path)
     try:
-        from test_tiny_model import vllm_greedy
-
         assert_same_greedy(hf_greedy(path), vllm_greedy(llm, path))
     finally:
         llm.llm_engine.engine_core.shutdown()
@@ -64,7 +60,7 @@ def test_resume_continues_exactly(tiny_model_dir, trained):
     learner.train_step(batch)
     straight = learner.flat_parameters()
 
-    resumed = make_learner(tiny_model_dir, dtype="fp32")  # built from the initial model (the reference)
+    resumed = make_learner(tiny_model_dir, dtype="float32")  # built from the initial model (the reference)
     state = resumed.load(path)
     assert state == {"data_position": 17} and resumed.step == 2
     third = resumed.train_step(batch)

@@ -6,9 +6,9 @@ import json
 import shutil
 
 import pytest
-from conftest import SHARED_DATA, write_tone
+from helpers import SHARED_DATA, write_tone
 
-from cluster.datasets import DataValidationError, load_questions
+from rollout.datasets import DataValidationError, load_questions
 
 
 def avqa_row(i: int, **overrides) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import tomllib
 import yaml
 
-from cluster.cli import build_parser
+from cli.main import build_parser
 from cluster.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_rayjob_manifest_runs_a_command_the_cli_accepts():
     spec = manifest["spec"]
     check_cluster_spec(spec["rayClusterSpec"])
     argv = shlex.split(spec["entrypoint"])
-    assert argv[:3] == ["python", "-m", "cluster.cli"]
+    assert argv[:3] == ["python", "-m", "cli"]
     args = build_parser().parse_args(argv[3:])
     assert args.command == "train"
     config = load_config(args.config, args.set)  # the preset exists and every --set key is known

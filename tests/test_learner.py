@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import free_port, pitch_batch
+from helpers import batch_rows, flat_params, free_port, learner_config, make_learner, pitch_batch, tone
 
-from learner.learner import Learner, LearnerConfig
+from learner.learner import Learner
 from learner.policy import audio_embeddings, completion_logprobs, encode_questions
-
-PORT = free_port()  # the pytest process joins one gloo group of size 1, once
-
-
-def make_learner(model_dir, **overrides) -> Learner:
-    config = LearnerConfig(**{"lr": 1e-3, "dtype": "fp32", **overrides})
-    return Learner(model_dir, config, master_port=PORT)
-
-
-def flat_params(model) -> torch.Tensor:
-    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
 
 
 def assert_same_update(a: torch.Tensor, b: torch.Tensor, lr: float = 1e-3) -> None:
@@ -32,7 +21,7 @@ def assert_same_update(a: torch.Tensor, b: torch.Tensor, lr: float = 1e-3) -> No
 def choice_logprobs(learner: Learner, batch) -> torch.Tensor:
     """log p of each completion's choice token ('>high' or '>low', the second token) per row."""
     encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
-    rows, _ = learner._rows(batch, encoded, list(range(len(batch.questions))))
+    rows = batch_rows(learner, batch, encoded)
     with torch.no_grad():
         audio = audio_embeddings(learner.model, encoded.input_features, encoded.feature_attention_mask)
         logp = completion_logprobs(learner.model, rows, audio)
@@ -40,7 +29,8 @@ def choice_logprobs(learner: Learner, batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("zero_stage", "dtype"), [(0, "fp32"), (1, "bf16"), (2, "bf16"), (3, "bf16"), (3, "fp32")]
+    ("zero_stage", "dtype"),
+    [(0, "float32"), (1, "bfloat16"), (2, "bfloat16"), (3, "bfloat16"), (3, "float32")],
 )
 def test_train_step_updates_the_policy_and_reports_metrics(tiny_model_dir, zero_stage, dtype):
     learner = make_learner(tiny_model_dir, zero_stage=zero_stage, dtype=dtype)
@@ -101,7 +91,7 @@ def test_rollout_logprobs_are_the_ratio_denominator(tiny_model_dir):
         batch = pitch_batch(learner.processor.tokenizer)
         if case != "none":
             encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
-            rows, _ = learner._rows(batch, encoded, list(range(len(batch.questions))))
+            rows = batch_rows(learner, batch, encoded)
             model, features = learner.model, (encoded.input_features, encoded.feature_attention_mask)
             with torch.no_grad():
                 own = completion_logprobs(model, rows, audio_embeddings(model, *features))
@@ -118,7 +108,7 @@ def test_rollout_logprobs_are_the_ratio_denominator(tiny_model_dir):
 
 
 def test_lr_warmup_then_cosine(tiny_model_dir):
-    learner = make_learner(tiny_model_dir, warmup_steps=1, lr_schedule="cosine", total_steps=3)
+    learner = make_learner(tiny_model_dir, warmup_steps=1, lr_schedule="cosine", schedule_steps=3)
     batch = pitch_batch(learner.processor.tokenizer, n_questions=1, group=2)
     lrs = [learner.train_step(batch)["lr"] for _ in range(3)]
     assert lrs == pytest.approx([0.5e-3, 1e-3, 0.5e-3])  # the lr each step used
@@ -137,7 +127,7 @@ def test_world_size_two_equals_world_size_one(tiny_model_dir, ray_cluster):
     expected = flat_params(single.model).numpy()
 
     port = free_port()
-    config = LearnerConfig(lr=1e-3, dtype="fp32", max_grad_norm=1e9)
+    config = learner_config(max_grad_norm=1e9)
     ranks = [
         LearnerActor.remote(str(tiny_model_dir), config, rank=r, world_size=2, master_port=port)
         for r in range(2)
@@ -159,7 +149,7 @@ def test_logprobs_equal_a_plain_hf_forward_with_and_without_prompt_sharing(tiny_
     model = learner.model
     batch = pitch_batch(learner.processor.tokenizer, n_questions=3, group=4)
     encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
-    rows, _ = learner._rows(batch, encoded, list(range(len(batch.questions))))
+    rows = batch_rows(learner, batch, encoded)
     weights = torch.randn(rows.completion_ids.shape)
 
     def ours(share: bool):
@@ -192,7 +182,6 @@ def test_logprobs_equal_a_plain_hf_forward_with_and_without_prompt_sharing(tiny_
 
 
 def test_audio_embeddings_on_cropped_frames_equal_the_full_30s_encoder(tiny_model_dir):
-    from conftest import tone
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
     from transformers.masking_utils import create_bidirectional_mask
 

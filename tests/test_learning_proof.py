@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_learner import make_learner
+from helpers import make_learner
 
-from cluster.datasets import load_questions
-from cluster.synthetic import make_dataset
+from assets.synthetic import make_dataset
+from assets.warm_start import format_warm_start
 from learner.local_loop import LoopConfig, greedy_accuracy, run_local_grpo
-from learner.warm_start import format_warm_start
 from rollout.audio import load_audio
-from rollout.sampling import SamplingConfig
+from rollout.datasets import load_questions
 
-SAMPLING = SamplingConfig(n=8, temperature=1.0, top_k=0, max_tokens=12)
+SAMPLING = {"n": 8, "temperature": 1.0, "top_k": 0, "max_tokens": 12}  # the learner's sampling section
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,8 @@ def pitch_task(tiny_model_dir, tmp_path_factory):
 
 def run(pitch_task, flip: bool, steps: int, stop_at: float | None) -> tuple[float, list[dict]]:
     warm, train, held_out, waveforms = pitch_task
-    learner = make_learner(warm, lr=1e-3, beta=0.04, max_grad_norm=1.0, micro_batch_questions=8)
-    start = greedy_accuracy(learner, held_out, waveforms, SAMPLING)
+    learner = make_learner(warm, lr=1e-3, beta=0.04, max_grad_norm=1.0, micro_batch_questions=8, **SAMPLING)
+    start = greedy_accuracy(learner, held_out, waveforms)
     loop = LoopConfig(
         steps=steps,
         questions_per_step=8,
@@ -49,7 +48,7 @@ def run(pitch_task, flip: bool, steps: int, stop_at: float | None) -> tuple[floa
         stop_at_accuracy=stop_at,
         seed=0,
     )
-    history = run_local_grpo(learner, train, held_out, waveforms, SAMPLING, loop)
+    history = run_local_grpo(learner, train, held_out, waveforms, loop)
     curve = [
         (r["step"], r["held_out_accuracy"], round(r["reward_mean"], 3))
         for r in history

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA, run_cli
 
 from reward.mmau import mmau_match, mmau_scores
 from reward.rewards import (
@@ -57,12 +55,6 @@ def test_weights_combine_the_two_rewards():
         scorer.score(["x"], [])
     summary = summarize_scores([right, wrong_format])
     assert summary == {"reward_mean": 2.25, "accuracy": 1.0, "format_rate": 0.5}
-
-
-def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], input=stdin, capture_output=True, text=True, timeout=120
-    )
 
 
 def test_reward_command_keeps_order_and_survives_bad_lines():

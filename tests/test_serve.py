@@ -2,58 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
-from conftest import free_port
+from helpers import FORM, start_server
+from helpers import wav_bytes as wav
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-FORM = {"question": "Is the tone high or low?", "choices": json.dumps(["high", "low"])}
-
-
-def wav(seconds: float = 1.0, freq: float = 2000.0, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buffer = io.BytesIO()
-    sf.write(buffer, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV")
-    return buffer.getvalue()
-
-
-def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-{port}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), *args],
-        cwd=ROOT,
-        env=env or os.environ.copy(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    proc.log_path = Path(log.name)  # for tests that read the server's log
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("serve did not come up")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from test_serve import FORM, start_server, wav
+from helpers import FORM, start_server
+from helpers import wav_bytes as wav
+
+from cluster.config import dump_config, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +33,20 @@ def followed_run(tiny_model_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("followed") / "run"
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True)
+    # A run writes its config first; the server answers with its settings (here float32, thinking).
+    run_config = load_config("tiny-cpu", [f"model.path={tiny_model_dir}", "prompt.thinking=true"])
+    (run_dir / "config.yaml").write_text(dump_config(run_config))
     publish(tiny_model_dir, checkpoints, 1)
-    proc, url = start_server(["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.1"])
+    proc, url = start_server(["--run-dir", str(run_dir), "--poll-s", "0.1"])
     yield proc, url, checkpoints
     proc.kill()
     proc.wait(timeout=60)
+
+
+def test_a_followed_run_is_served_with_its_own_settings(followed_run):
+    _, url, _ = followed_run
+    policy = httpx.get(f"{url}/v1/policy", timeout=10).json()
+    assert policy["thinking"] is True and policy["dtype"] == "float32" and policy["max_model_len"] == 2048
 
 
 def test_reloads_under_concurrent_requests_lose_no_answer(followed_run, tiny_model_dir):

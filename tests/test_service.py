@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cli.main import cli_command, train_command
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "model.warm_start_steps=30", "--set", "sync.timeout_s=60", "--no-progress"]
 
@@ -35,14 +37,7 @@ def service_env(ray_head, tmp_path_factory):
     }
     # Build the tiny model (with its warm start) and the data once, before any timed run.
     built = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            (
-                "from cluster.config import load_config; from cluster.assets import ensure_assets; "
-                "ensure_assets(load_config('tiny-cpu', ['model.warm_start_steps=30']))"
-            ),
-        ],
+        cli_command("prepare", "--config", "tiny-cpu", "--set", "model.warm_start_steps=30"),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -56,18 +51,7 @@ def service_env(ray_head, tmp_path_factory):
 def start_train(env, run_dir: Path, *extra: str) -> subprocess.Popen:
     log = open(run_dir.parent / f"{run_dir.name}.log", "a")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cluster.cli",
-            "train",
-            "--config",
-            "tiny-cpu",
-            "--run-dir",
-            str(run_dir),
-            *FAST,
-            *extra,
-        ],
+        train_command(run_dir, extra=(*FAST, *extra)),
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -166,10 +150,7 @@ def test_training_survives_killed_workers_and_exports_metrics(service_env, ray_h
     Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
     data = Path(service_env["AUDIO_GRPO_CACHE"]) / "tiny-cpu" / "data"
     evaluated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cluster.cli",
+        cli_command(
             "eval",
             "--model",
             str(checkpoint),
@@ -184,7 +165,7 @@ def test_training_survives_killed_workers_and_exports_metrics(service_env, ray_h
             "--dtype",
             "float32",
             "--json",
-        ],
+        ),
         cwd=ROOT,
         env=service_env,
         capture_output=True,
@@ -213,7 +194,7 @@ def test_killed_driver_resumes_from_its_last_checkpoint(service_env, tmp_path):
     proc.wait()
     assert len(steps_logged(run_dir)) < 8
     resumed = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "train", "--resume", str(run_dir), "--no-progress"],
+        cli_command("train", "--resume", str(run_dir), "--no-progress"),
         cwd=ROOT,
         env=service_env,
         capture_output=True,
@@ -270,16 +251,7 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
             "deploy/runtime-env.yaml",
             "--",
             "python",
-            "-m",
-            "cluster.cli",
-            "train",
-            "--config",
-            "tiny-cpu",
-            "--max-steps",
-            "2",
-            "--run-dir",
-            str(tmp_path / "job-run"),
-            *FAST,
+            *train_command(tmp_path / "job-run", max_steps=2, extra=tuple(FAST))[1:],
         ],
         cwd=ROOT,
         env=env,
@@ -309,7 +281,8 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
 def test_endpoint_follows_a_live_training_run(service_env, tmp_path):
     """`serve --run-dir` answers from the newest checkpoint while training goes on."""
     import httpx
-    from test_serve import FORM, start_server, wav
+    from helpers import FORM, start_server
+    from helpers import wav_bytes as wav
 
     run_dir = tmp_path / "run"
     training = start_train(

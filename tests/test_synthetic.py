@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 
-from cluster.datasets import load_questions
-from cluster.synthetic import TASKS, make_dataset
+from assets.synthetic import TASKS, make_dataset
 from rollout.audio import SAMPLE_RATE, load_audio
+from rollout.datasets import load_questions
 
 
 def rows(path):

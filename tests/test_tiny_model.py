@@ -4,60 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from conftest import fp32_llm
+from helpers import CHOICES, QUESTION, assert_same_greedy, clips, fp32_llm, hf_greedy, vllm_greedy
 from safetensors import safe_open
 
-from cluster.tiny_model import make_tiny, parameter_count
+from assets.tiny_model import make_tiny, parameter_count
 from rollout.prompt import render_prompt
-
-QUESTION, CHOICES = "Is the tone high or low?", ["high", "low"]
-
-
-def clips() -> list[np.ndarray]:
-    t = np.arange(32000) / 16000
-    rng = np.random.default_rng(0)
-    return [
-        (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32),
-        (0.5 * np.sin(2 * np.pi * 2000 * t[:16000])).astype(np.float32),
-        (0.3 * rng.uniform(-1, 1, 24000)).astype(np.float32),
-    ]
-
-
-def hf_greedy(model_dir, max_new_tokens: int = 24) -> list[list[int]]:
-    """Greedy completions the way R1-AQA's model card runs the model (with `audio=`), in fp32."""
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    text = render_prompt(processor, QUESTION, CHOICES)
-    outputs = []
-    for audio in clips():
-        inputs = processor(text=text, audio=audio, sampling_rate=16000, return_tensors="pt", padding=True)
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        outputs.append(generated[0, inputs.input_ids.size(1) :].tolist())
-    return outputs
-
-
-def vllm_greedy(llm, model_dir, max_new_tokens: int = 24) -> list[list[int]]:
-    from transformers import AutoProcessor
-    from vllm import SamplingParams
-
-    text = render_prompt(AutoProcessor.from_pretrained(model_dir), QUESTION, CHOICES)
-    requests = [{"prompt": text, "multi_modal_data": {"audio": (audio, 16000)}} for audio in clips()]
-    results = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
-    return [list(r.outputs[0].token_ids) for r in results]
-
-
-def assert_same_greedy(hf: list[list[int]], vllm: list[list[int]]) -> None:
-    for hf_ids, vllm_ids in zip(hf, vllm, strict=True):
-        # Both keep the end token they stop on; allow one token of slack at the budget edge.
-        assert vllm_ids == hf_ids[: len(vllm_ids)] and len(hf_ids) - len(vllm_ids) in (0, 1), (
-            hf_ids,
-            vllm_ids,
-        )
 
 
 def test_tiny_is_well_under_a_million_parameters(tiny_model_dir):

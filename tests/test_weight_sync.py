@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import free_port, pitch_batch, tone
-from test_learner import make_learner
+from helpers import free_port, make_learner, pitch_batch, tone
 
+from learner.hf_format import published_state
 from rollout.hf_engine import hf_generate
 from rollout.question import AudioQuestion
 from rollout.sampling import SamplingConfig
@@ -63,19 +62,17 @@ def test_pool_greedy_after_sync_equals_the_learners_own_greedy(
     batch = pitch_batch(learner.processor.tokenizer)
     for _ in range(3):
         learner.train_step(batch)
-    plan = learner.weight_plan(bucket_bytes)
-    if bucket_bytes < 1024**2:
-        assert len(plan["buckets"]) > 5  # fused q/k/v and gate/up land in different buckets
-
     port = free_port()
     joined = worker.init_weight_sync.remote("127.0.0.1", port, 1, 2, "gloo", 60.0)
-    learner.init_weight_sync("127.0.0.1", port, 2, "gloo", 60.0)
+    learner.init_weight_sync("127.0.0.1", port, 2, "gloo", 60.0, bucket_bytes)
     ray.get(joined)
-    received = worker.receive_weights.remote(plan, 1)
-    sent = learner.send_weights(plan)
+    received = worker.receive_weights.remote(1)  # the plan reaches the worker over the group itself
+    sent = learner.send_weights()
     timing = ray.get(received)
     assert timing["version"] == 1 and ray.get(worker.get_policy_version.remote()) == 1
-    assert sent["bytes"] == pytest.approx(sum(np.prod(s["shape"]) * 4 for s in plan["slots"]))
+    assert sent["bytes"] == pytest.approx(sum(t.numel() * 4 for _, t in published_state(learner.model)))
+    if bucket_bytes < 1024**2:
+        assert sent["buckets"] > 5  # fused q/k/v and gate/up land in different buckets
 
     after = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
     waves = [load_audio(q.audio_path) for q in clip_questions]
@@ -94,8 +91,8 @@ def test_pool_greedy_after_sync_equals_the_learners_own_greedy(
     # A second update goes through the same (reused) buckets on both sides.
     for _ in range(3):
         learner.train_step(batch)
-    received = worker.receive_weights.remote(plan, 2)
-    learner.send_weights(plan)
+    received = worker.receive_weights.remote(2)
+    learner.send_weights()
     assert ray.get(received)["version"] == 2
     again = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
     assert [r.completions[0].token_ids for r in again] == learner_greedy()

@@ -17,6 +17,7 @@ import torch
 
 from learner.hf_format import save_hf_folder
 from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
+from reward.rewards import answer_tag
 from rollout.question import AudioQuestion
 from rollout.sampling import end_token_ids
 
@@ -49,7 +50,7 @@ def format_warm_start(
         encoded = encode_questions(
             processor, [(q.question, q.choices) for q in picked], [waveforms[q.id] for q in picked]
         )
-        targets = [tokenizer(f"<answer>{rng.choice(q.choices)}</answer><|im_end|>").input_ids for q in picked]
+        targets = [tokenizer(answer_tag(rng.choice(q.choices)) + "<|im_end|>").input_ids for q in picked]
         rows = build_rows(encoded.prompt_ids, targets, list(range(len(picked))), tokenizer.pad_token_id, ends)
         audio = audio_embeddings(model, encoded.input_features, encoded.feature_attention_mask)
         logp = completion_logprobs(model, rows, audio)

@@ -26,9 +26,11 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from cluster.synthetic import TASKS
+from assets.synthetic import TASKS
 from learner.hf_format import save_hf_folder
-from rollout.prompt import prompt_messages, prompt_text
+from reward.rewards import answer_tag
+from rollout.audio import SAMPLE_RATE
+from rollout.prompt import prompt_text
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -94,8 +96,8 @@ def tokenizer_corpus() -> list[str]:
             corpus.append(prompt_text(task.question, choices, thinking=thinking))
         for choice in choices:
             corpus += [
-                f"<answer>{choice}</answer>",
-                f"<think>The audio sounds {choice}.</think> <answer>{choice}</answer>",
+                answer_tag(choice),
+                f"<think>The audio sounds {choice}.</think> {answer_tag(choice)}",
             ]
     return corpus * 20  # repetition lets the frequent prompt words merge into single tokens
 
@@ -130,7 +132,7 @@ def _merges_of(backend: Tokenizer) -> list:
 
 def build_processor(vocab_size: int) -> Qwen2AudioProcessor:
     features = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400
+        feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30, n_fft=400
     )
     return Qwen2AudioProcessor(
         feature_extractor=features, tokenizer=build_tokenizer(vocab_size), chat_template=CHAT_TEMPLATE
@@ -199,6 +201,3 @@ def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
 
 def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["make_tiny", "build_model", "build_processor", "parameter_count", "prompt_messages"]

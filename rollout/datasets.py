@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rollout.audio import AudioError, load_audio
-from rollout.question import AudioQuestion
+import numpy as np
 
-MIN_CHOICES, MAX_CHOICES = 2, 8
+from rollout.audio import AudioError, load_audio
+from rollout.question import AudioQuestion, ChoiceError, validate_choices
+
 DataFormat = Literal["avqa", "mmau"]
 
 
@@ -72,16 +73,11 @@ class ValidationReport:
         }
 
 
-def _check_choices(choices: Any, allow_duplicates: bool = False) -> list[str]:
-    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-        raise RowError("choices must be a list of strings")
-    if not MIN_CHOICES <= len(choices) <= MAX_CHOICES:
-        raise RowError(f"needs {MIN_CHOICES} to {MAX_CHOICES} choices, has {len(choices)}")
-    if any(not c.strip() for c in choices):
-        raise RowError("a choice is empty")
-    if len(set(choices)) != len(choices) and not allow_duplicates:
-        raise RowError(f"duplicate choices {choices}")
-    return choices
+def _choices(choices: Any, allow_duplicates: bool) -> list[str]:
+    try:
+        return validate_choices(choices, allow_duplicates=allow_duplicates)
+    except ChoiceError as err:
+        raise RowError(str(err)) from None
 
 
 def _check_text(row: dict, key: str) -> str:
@@ -95,7 +91,7 @@ def avqa_row_to_question(row: Any, audio_root: Path, allow_duplicates: bool = Fa
     """One AVQA/R1-AQA JSON-lines record -> AudioQuestion (answer is an index into multi_choice)."""
     if not isinstance(row, dict):
         raise RowError("row is not a JSON object")
-    choices = _check_choices(row.get("multi_choice"), allow_duplicates)
+    choices = _choices(row.get("multi_choice"), allow_duplicates)
     answer = row.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, int):
         raise RowError("field 'answer' must be an integer index into multi_choice")
@@ -116,7 +112,7 @@ def mmau_row_to_question(row: Any, audio_root: Path, allow_duplicates: bool = Fa
     """One MMAU item -> AudioQuestion (answer is the choice's text; audio under `audio_id`)."""
     if not isinstance(row, dict):
         raise RowError("item is not a JSON object")
-    choices = _check_choices(row.get("choices"), allow_duplicates)
+    choices = _choices(row.get("choices"), allow_duplicates)
     answer = _check_text(row, "answer")
     if answer not in choices:
         raise RowError(f"answer {answer!r} is not among the choices {choices}")
@@ -223,3 +219,31 @@ def load_questions(
     if strict and report.skipped:
         raise DataValidationError(report)
     return kept, report
+
+
+class EpochSampler:
+    """Shuffled passes over a data set of `size` items, a new order each epoch from (seed, epoch).
+
+    Its whole state is `position` (items handed out so far): a run that saves it resumes on exactly
+    the questions it would have seen next.
+    """
+
+    def __init__(self, size: int, seed: int, position: int = 0):
+        if size <= 0:
+            raise ValueError("cannot sample from an empty data set")
+        self.size, self.seed, self.position = size, seed, position
+        self._order: tuple[int, list[int]] | None = None  # (epoch, permutation), the one in use
+
+    def take(self, count: int) -> list[int]:
+        """The next `count` item indices (crossing into the next epoch when this one runs out)."""
+        picked = []
+        for _ in range(count):
+            epoch, offset = divmod(self.position, self.size)
+            if self._order is None or self._order[0] != epoch:
+                self._order = (
+                    epoch,
+                    np.random.default_rng(self.seed + epoch).permutation(self.size).tolist(),
+                )
+            picked.append(self._order[1][offset])
+            self.position += 1
+        return picked

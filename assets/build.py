@@ -1,0 +1,79 @@
+"""Build what a configuration asks for and does not find: the synthetic data set and the tiny model
+(with its format warm start). Built once under the given paths, then reused by every run; a lock
+keeps two jobs started together from building the same folder twice. The CLI calls these before a
+run starts (`audio-grpo prepare`, and `train` itself): the service never builds anything."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+Log = Callable[[str], None]
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_data(train: Path, evaluation: Path, items: int, tasks: list[str] | None, log: Log = print) -> None:
+    """Write a synthetic set of `items` questions next to `train` unless both files exist."""
+    from assets.synthetic import make_dataset
+
+    if train.exists() and evaluation.exists():
+        return
+    if not items:
+        missing = [str(p) for p in (train, evaluation) if not p.exists()]
+        raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
+    with _lock(train.parent.parent / ".data.lock"):
+        if train.exists() and evaluation.exists():
+            return
+        log(f"building {items} synthetic audio questions in {train.parent} ...")
+        make_dataset(train.parent, n=items, seed=0, tasks=tasks)
+
+
+def ensure_model(
+    target: Path,
+    size: str,
+    *,
+    warm_start_steps: int,
+    train_data: Path,
+    audio_root: str | None,
+    seed: int,
+    log: Log = print,
+) -> None:
+    """Build a `size` Qwen2-Audio at `target` (random weights, then `warm_start_steps` of format
+    warm start on `train_data`) unless a model is there already. `size` "" means: never build."""
+    from assets.tiny_model import make_tiny
+    from assets.warm_start import format_warm_start
+    from rollout.audio import load_audio
+    from rollout.datasets import load_questions
+
+    if (target / "config.json").exists():
+        return
+    if not size:
+        raise FileNotFoundError(f"model folder not found: {target} (no hub here: give a folder on disk)")
+    with _lock(target.parent / ".model.lock"):
+        if (target / "config.json").exists():
+            return
+        random_init = target.parent / (target.name + ".random-init")
+        shutil.rmtree(random_init, ignore_errors=True)
+        log(f"building a {size} Qwen2-Audio in {target} ...")
+        make_tiny(random_init, size=size, seed=seed)
+        if warm_start_steps <= 0:
+            random_init.rename(target)
+            return
+        questions, _ = load_questions(train_data, audio_root)
+        waves = {q.id: load_audio(q.audio_path) for q in questions}
+        log(f"format warm start: {warm_start_steps} steps (teaches <answer>..</answer>, not the answer)")
+        staging = target.parent / (target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        format_warm_start(random_init, questions, waves, staging, steps=warm_start_steps, seed=seed)
+        staging.rename(target)
+        shutil.rmtree(random_init, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""What each `audio-grpo` subcommand does. Heavy imports (torch, transformers, vLLM) happen inside
+each one, so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger("audio_grpo")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def make_tiny(args: argparse.Namespace) -> int:
+    from assets.tiny_model import SIZES, make_tiny
+
+    out = make_tiny(args.out_dir, size=args.size, seed=args.seed)
+    print(
+        f"wrote a {args.size} Qwen2-Audio ({SIZES[args.size]['text']['num_hidden_layers']} decoder layers, "
+        f"random weights, seed {args.seed}) to {out}"
+    )
+    return 0
+
+
+def make_data(args: argparse.Namespace) -> int:
+    from assets.synthetic import make_dataset
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    paths = make_dataset(
+        args.out_dir, n=args.n, seed=args.seed, tasks=tasks, test_fraction=args.test_fraction
+    )
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def check_data(args: argparse.Namespace) -> int:
+    from rollout.datasets import DataValidationError, load_questions
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 200 == 0:
+            print(f"\rchecking audio {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+
+    try:
+        questions, report = load_questions(args.data, args.audio_root, strict=args.strict, progress=progress)
+    except DataValidationError as err:
+        print(err.report.summary(), file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.summary())
+    return 0
+
+
+def reward(args: argparse.Namespace) -> int:
+    from reward.rewards import score_response
+
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("response"), str)
+                or not isinstance(row.get("answer"), str)
+            ):
+                raise ValueError('expected {"response": str, "answer": str}')
+            score = score_response(row["response"], row["answer"], thinking=args.thinking)
+            out = {"accuracy": score.accuracy, "format": score.format}
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            out = {"error": f"line {number}: {err}"}
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+def score(args: argparse.Namespace) -> int:
+    from reward.mmau import mmau_scores
+
+    with open(args.predictions, encoding="utf-8") as handle:
+        items = json.load(handle)
+    if not isinstance(items, list):
+        raise ValueError(f"{args.predictions}: expected a JSON list of MMAU items")
+    scores = mmau_scores(items)
+    print(_scores_text(scores, args.json))
+    if scores["missing_predictions"]:
+        print(
+            f"{scores['missing_predictions']} items have no model_output/model_prediction "
+            f"(first: {scores['missing_ids'][:5]}); counted as wrong",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _scores_text(scores: dict, as_json: bool) -> str:
+    from reward.mmau import format_scores
+
+    return (
+        json.dumps({k: v for k, v in scores.items() if k != "missing_ids"})
+        if as_json
+        else format_scores(scores)
+    )
+
+
+def _config(args: argparse.Namespace):
+    """The run's config: a preset or YAML with --set overrides (train, prepare), or the config.yaml
+    a resumed run was started with, plus any overrides."""
+    from cluster.config import load_config
+
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "max_steps", None) is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if getattr(args, "resume", None):
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved}: not a run directory")
+        return load_config(str(saved), overrides)
+    return load_config(args.config, overrides)
+
+
+def prepare_assets(config) -> None:
+    """Build the synthetic data and the tiny model a config asks for and does not find (once)."""
+    from assets.build import ensure_data, ensure_model
+    from cluster.config import expand_path
+
+    data, model = config.data, config.model
+    train_path = expand_path(data.train)
+    tasks = [t for t in data.synthetic_tasks.split(",") if t] or None
+    ensure_data(train_path, expand_path(data.eval), data.synthetic_items, tasks, log=log.info)
+    ensure_model(
+        expand_path(model.path),
+        model.build_if_missing,
+        warm_start_steps=model.warm_start_steps,
+        train_data=train_path,
+        audio_root=data.audio_root or None,
+        seed=config.train.seed,
+        log=log.info,
+    )
+
+
+def prepare(args: argparse.Namespace) -> int:
+    _logging()
+    prepare_assets(_config(args))
+    print("assets ready")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from cluster.driver import train as run_training
+
+    _logging()
+    config = _config(args)
+    run_dir = Path(args.resume or args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    prepare_assets(config)
+    run_training(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(
+        f"run directory: {summary['run_dir']}\ncheckpoint:    {summary['checkpoint']}\n"
+        f"metrics:       {summary['metrics']}\n"
+        f"rollout workers' policy versions: {summary['rollout_policy_versions']}"
+    )
+    return 0
+
+
+def _engine(args: argparse.Namespace, engine):
+    """The engine settings with the command line's --dtype / --max-model-len applied."""
+    changes = {
+        k: v for k, v in (("dtype", args.dtype), ("max_model_len", args.max_model_len)) if v is not None
+    }
+    return replace(engine, **changes)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from cluster.evaluation import evaluate as run_evaluation
+    from rollout.datasets import load_questions
+    from rollout.prompt import PromptConfig
+    from rollout.sampling import SamplingConfig
+    from rollout.vllm_engine import EngineConfig, RolloutWorker
+
+    questions, report = load_questions(
+        args.data, args.audio_root, strict=args.strict, allow_duplicate_choices=True
+    )
+    if report.skipped:
+        print(report.summary(max_listed=10), file=sys.stderr)
+    questions = questions[: args.max_items or None]
+    worker = RolloutWorker(args.model, _engine(args, EngineConfig()), PromptConfig(thinking=args.thinking))
+    sampling = SamplingConfig(max_tokens=args.max_tokens) if args.max_tokens else SamplingConfig()
+    scores = run_evaluation(worker, questions, sampling, Path(args.out))
+    print(_scores_text(scores, args.json))
+    print(f"predictions: {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run_config(run_dir: Path, timeout_s: float = 3600.0):
+    """The config.yaml a training run wrote first (waited for: the server may start before the run)."""
+    from cluster.config import load_config
+
+    path, deadline = run_dir / "config.yaml", time.time() + timeout_s
+    while not path.is_file():
+        if (run_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(
+                f"{run_dir} has checkpoints but no config.yaml: not a training run folder"
+            )
+        if time.time() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s: is a run writing there?")
+        log.info("waiting for %s ...", path)
+        time.sleep(2)
+    return load_config(str(path))
+
+
+def serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from deploy.policy import PolicyEngine
+    from deploy.server import ServeLimits, create_app
+    from rollout.prompt import PromptConfig
+    from rollout.sampling import SamplingConfig
+    from rollout.vllm_engine import EngineConfig
+
+    _logging()
+    if (args.model is None) == (args.run_dir is None):
+        raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
+    token = args.token or os.environ.get("AUDIO_GRPO_TOKEN") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(
+            "warning: serving beyond loopback without --token: anyone who can reach the port can use it",
+            file=sys.stderr,
+        )
+    if args.run_dir:  # answer exactly as the run trains: its engine, prompt style and sampling
+        run = _run_config(Path(args.run_dir))
+        engine, prompt, sampling = run.rollout.engine, run.prompt, run.sampling
+    else:
+        engine, prompt, sampling = EngineConfig(), PromptConfig(thinking=args.thinking), SamplingConfig()
+    limits = ServeLimits(
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds
+    )
+    app = create_app(
+        lambda: PolicyEngine(
+            args.model,
+            args.run_dir,
+            engine=_engine(args, engine),
+            prompt=prompt,
+            sampling=sampling,
+            poll_s=args.poll_s,
+        ),
+        limits,
+        token,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

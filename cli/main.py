@@ -1,0 +1,190 @@
+"""`audio-grpo` command line: one entry point, one subcommand per job (`cli.commands` runs them).
+
+The command line sits above every other folder: it reads the run's config, builds what the
+embedded default needs (`assets/`), and starts training (`cluster/`) or serving (`deploy/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cli import commands
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, help="vLLM dtype (default: the run's, else EngineConfig's)")
+    p.add_argument("--max-model-len", type=int, default=None, help="default: the run's, else EngineConfig's")
+
+
+def _make_tiny_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="folder to create (must not exist or be empty)")
+    p.add_argument(
+        "--size",
+        choices=["tiny", "small"],
+        default="tiny",
+        help="tiny: ~0.6M parameters (tests); small: ~33M (benchmarks)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="same seed, same files")
+
+
+def _make_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="folder for train.jsonl, test.jsonl, test-mmau.json, audio/")
+    p.add_argument("--n", type=int, required=True, help="number of items, train and test together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tasks", default="", help="comma-separated subset of pitch,compare,count,timbre,loudness"
+    )
+    p.add_argument("--test-fraction", type=float, default=0.125)
+
+
+def _check_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="AVQA JSON lines (.jsonl) or MMAU JSON (.json)")
+    p.add_argument(
+        "--audio-root", default=None, help="where audio paths resolve (default: the file's folder)"
+    )
+    p.add_argument("--strict", action="store_true", help="exit 2 if any row is invalid")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _reward_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--thinking", action="store_true", help="format = <think>..</think><answer>..</answer>")
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("predictions", help="MMAU-format JSON list whose items carry model_output")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="tiny-cpu", help="preset name (tiny-cpu, r1-aqa) or a YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
+    p.add_argument("--run-dir", default=None, help="default: runs/<name>-<time>")
+    p.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _evaluation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an HF-format Qwen2-Audio folder")
+    p.add_argument("--data", required=True, help="MMAU-format JSON (or AVQA JSON lines)")
+    p.add_argument("--audio-root", default=None, help="where audio_id paths resolve")
+    p.add_argument("--out", required=True, help="predictions, MMAU format with model_output")
+    p.add_argument("--max-items", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=None, help="default: sampling.max_tokens's default")
+    _engine_args(p)
+    p.add_argument("--thinking", action="store_true", help="ask for <think>..</think> first")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="serve this HF checkpoint folder")
+    p.add_argument("--run-dir", default=None, help="follow a training run: serve its newest checkpoint")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--token", default=None, help="bearer token for every route but /healthz (or $AUDIO_GRPO_TOKEN)"
+    )
+    _engine_args(p)
+    p.add_argument("--thinking", action="store_true", help="with --model: ask for <think>..</think> first")
+    p.add_argument("--max-body-mb", type=float, default=5.0, help="request body limit")
+    p.add_argument("--max-audio-seconds", type=float, default=30.0, help="longer clips get a 413")
+    p.add_argument("--poll-s", type=float, default=2.0, help="checkpoint polling interval with --run-dir")
+
+
+def subcommands() -> list[Command]:
+    """(name, help, argument builder, handler) for every subcommand."""
+    return [
+        ("serve", "answer audio questions over HTTP with the current policy", _serve_args, commands.serve),
+        ("train", "run GRPO training (Ray + vLLM + DeepSpeed)", _train_args, commands.train),
+        (
+            "prepare",
+            "build the tiny model and synthetic data a config asks for (train does this first)",
+            _config_args,
+            commands.prepare,
+        ),
+        ("eval", "evaluate a checkpoint on MMAU-format data with vLLM", _evaluation_args, commands.evaluate),
+        (
+            "reward",
+            "score JSON lines {response, answer} from stdin with R1-AQA's rewards",
+            _reward_args,
+            commands.reward,
+        ),
+        ("score", "MMAU's official metric over a predictions file", _score_args, commands.score),
+        (
+            "make-tiny",
+            "build a Qwen2-Audio checkpoint with random weights, offline",
+            _make_tiny_args,
+            commands.make_tiny,
+        ),
+        (
+            "make-data",
+            "write a synthetic audio QA set (AVQA JSON lines + WAVs)",
+            _make_data_args,
+            commands.make_data,
+        ),
+        (
+            "check-data",
+            "validate a data set and report the rows that would be skipped",
+            _check_data_args,
+            commands.check_data,
+        ),
+    ]
+
+
+def cli_command(*args: str) -> list[str]:
+    """`audio-grpo ARGS` as a process command line (this interpreter, `python -m cli`)."""
+    return [sys.executable, "-m", "cli", *args]
+
+
+def train_command(
+    run_dir: str | Path,
+    *,
+    config: str = "tiny-cpu",
+    max_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The `audio-grpo train` command line, for benchmarks and tests that run it as a process."""
+    command = cli_command("train", "--config", config, "--run-dir", str(run_dir))
+    if max_steps is not None:
+        command += ["--max-steps", str(max_steps)]
+    for key, value in (overrides or {}).items():
+        command += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
+    return command + list(extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audio-grpo", description="GRPO post-training for Qwen2-Audio.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments, run in subcommands():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (OSError, ValueError) as err:
+        print(f"audio-grpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

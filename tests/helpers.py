@@ -1,0 +1,208 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py): clips, learners, greedy
+comparisons, a server started through the project's own command line."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from cli.main import cli_command
+from cluster.placement import free_port
+from rollout.audio import SAMPLE_RATE
+from rollout.prompt import render_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+QUESTION, CHOICES = "Is the tone high or low?", ["high", "low"]
+FORM = {"question": QUESTION, "choices": json.dumps(CHOICES)}  # an /v1/answer form, less its audio
+
+__all__ = ["free_port"]  # re-exported: tests take the project's one free-port helper from here
+
+
+# -- audio ------------------------------------------------------------------------------------------
+
+
+def tone(freq: float, seconds: float = 1.0, rate: int = SAMPLE_RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_tone(
+    path: Path,
+    freq: float = 440.0,
+    seconds: float = 1.0,
+    rate: int = SAMPLE_RATE,
+    channels: int = 1,
+    **kwargs,
+) -> Path:
+    """A sine clip on disk (any format soundfile writes, chosen by suffix or `format=`)."""
+    wave = tone(freq, seconds, rate)
+    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, rate, **kwargs)
+    return path
+
+
+def wav_bytes(seconds: float = 1.0, freq: float = 2000.0, rate: int = SAMPLE_RATE) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(freq, seconds, rate), rate, format="WAV")
+    return buffer.getvalue()
+
+
+def clips() -> list[np.ndarray]:
+    """Three clips for greedy comparisons: a low tone, a high one, and noise."""
+    rng = np.random.default_rng(0)
+    return [tone(300, 2.0), tone(2000, 1.0), (0.3 * rng.uniform(-1, 1, 24000)).astype(np.float32)]
+
+
+# -- learners ---------------------------------------------------------------------------------------
+
+_LEARNER_PORT = free_port()  # the pytest process joins one gloo group of size 1, once
+
+
+def learner_config(**overrides):
+    """A LearnerConfig (lr 1e-3, float32) with overrides named by field, whichever section holds it."""
+    from learner.config import LearnerConfig
+
+    config = LearnerConfig()
+    overrides = {"lr": 1e-3, "dtype": "float32", **overrides}
+    for section in ("optimizer", "loss", "parallel", "sampling", "prompt"):
+        part = getattr(config, section)
+        mine = {k: overrides.pop(k) for k in [f.name for f in fields(part)] if k in overrides}
+        config = replace(config, **{section: replace(part, **mine)})
+    return replace(config, **overrides)  # seed
+
+
+def make_learner(model_dir, **overrides):
+    from learner.learner import Learner
+
+    return Learner(model_dir, learner_config(**overrides), master_port=_LEARNER_PORT)
+
+
+def flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
+
+
+def batch_rows(learner, batch, encoded):
+    """The padded rows of every completion in `batch` (as the learner builds them)."""
+    from learner.policy import build_rows
+
+    return build_rows(
+        encoded.prompt_ids, batch.completions, batch.question_index, learner.pad_id, learner.eos_ids
+    )
+
+
+def pitch_batch(tokenizer, n_questions: int = 2, group: int = 4):
+    """A LearnerBatch on the pitch task: completions alternate right/wrong, advantages +1/-1."""
+    from learner.learner import LearnerBatch
+    from reward.rewards import answer_tag
+
+    questions, waves, completions, index, advantages = [], [], [], [], []
+    for q in range(n_questions):
+        answer = "high" if q % 2 == 0 else "low"
+        questions.append((QUESTION, CHOICES))
+        waves.append(tone(2000.0 if answer == "high" else 300.0, 0.5 + 0.25 * q))
+        for g in range(group):
+            choice = answer if g % 2 == 0 else ("low" if answer == "high" else "high")
+            text = answer_tag(choice) + "<|im_end|>" if g < group - 1 else f"<answer>{choice}"
+            completions.append(tokenizer(text).input_ids)
+            index.append(q)
+            advantages.append(1.0 if choice == answer else -1.0)
+    return LearnerBatch(questions, waves, completions, index, advantages)
+
+
+# -- greedy comparisons -----------------------------------------------------------------------------
+
+
+def fp32_llm(model_dir):
+    """A vLLM engine in fp32 (where its greedy output equals transformers' token for token)."""
+    from vllm import LLM
+
+    from rollout.vllm_engine import EngineConfig, engine_args
+
+    return LLM(**engine_args(str(model_dir), EngineConfig(dtype="float32", max_model_len=2048)))
+
+
+def hf_greedy(model_dir, max_new_tokens: int = 24) -> list[list[int]]:
+    """Greedy completions the way R1-AQA's model card runs the model (with `audio=`), in fp32."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    text = render_prompt(processor, QUESTION, CHOICES)
+    outputs = []
+    for audio in clips():
+        inputs = processor(
+            text=text, audio=audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
+        )
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        outputs.append(generated[0, inputs.input_ids.size(1) :].tolist())
+    return outputs
+
+
+def vllm_greedy(llm, model_dir, max_new_tokens: int = 24) -> list[list[int]]:
+    from transformers import AutoProcessor
+    from vllm import SamplingParams
+
+    text = render_prompt(AutoProcessor.from_pretrained(model_dir), QUESTION, CHOICES)
+    requests = [{"prompt": text, "multi_modal_data": {"audio": (audio, SAMPLE_RATE)}} for audio in clips()]
+    results = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+    return [list(r.outputs[0].token_ids) for r in results]
+
+
+def assert_same_greedy(hf: list[list[int]], vllm: list[list[int]]) -> None:
+    for hf_ids, vllm_ids in zip(hf, vllm, strict=True):
+        # Both keep the end token they stop on; allow one token of slack at the budget edge.
+        assert vllm_ids == hf_ids[: len(vllm_ids)] and len(hf_ids) - len(vllm_ids) in (0, 1), (
+            hf_ids,
+            vllm_ids,
+        )
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    """`audio-grpo ARGS` as a process, through the project's own command builder."""
+    return subprocess.run(cli_command(*args), input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+# -- the HTTP server --------------------------------------------------------------------------------
+
+
+def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`audio-grpo serve ARGS` on a free loopback port; returns once /healthz answers 200."""
+    import httpx
+
+    port = free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-{port}.log", "w")
+    proc = subprocess.Popen(
+        cli_command("serve", "--port", str(port), *args),
+        cwd=ROOT,
+        env=env or os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proc.log_path = Path(log.name)  # for tests that read the server's log
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("serve did not come up")

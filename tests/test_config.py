@@ -1,0 +1,91 @@
+"""The run config: each fact once, wired to the learner, frozen, and clear about keys that moved."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from cluster.config import ConfigError, config_from_dict, dump_config, learner_config, load_config, sub_seed
+
+
+@pytest.mark.parametrize("preset", ["tiny-cpu", "r1-aqa"])
+def test_presets_load_and_round_trip_through_config_yaml(preset):
+    config = load_config(preset)
+    assert config_from_dict(yaml.safe_load(dump_config(config))) == config
+
+
+def test_the_learner_reads_sampling_and_prompt_from_their_one_place():
+    config = load_config(
+        "tiny-cpu", ["sampling.temperature=0.7", "sampling.max_tokens=20", "prompt.thinking=true"]
+    )
+    wired = learner_config(config)
+    assert wired.sampling is config.sampling and wired.prompt is config.prompt
+    assert wired.sampling.temperature == 0.7 and wired.sampling.max_tokens == 20 and wired.prompt.thinking
+    assert "temperature" not in yaml.safe_load(dump_config(config))["learner"]["loss"]
+
+
+def test_schedule_length_derives_from_max_steps_unless_set():
+    assert learner_config(load_config("tiny-cpu", ["train.max_steps=77"])).optimizer.schedule_steps == 77
+    set_ = load_config("tiny-cpu", ["train.max_steps=77", "learner.optimizer.schedule_steps=30"])
+    assert learner_config(set_).optimizer.schedule_steps == 30
+    assert set_.learner.optimizer.schedule_steps == 30  # the wiring never writes back into the config
+
+
+def test_one_seed_gives_distinct_derived_seeds():
+    config = load_config("tiny-cpu", ["train.seed=7"])
+    seeds = {
+        sub_seed(7, "learner"),
+        sub_seed(7, "data"),
+        sub_seed(7, "rollout", 0),
+        sub_seed(7, "rollout", 1),
+    }
+    assert len(seeds) == 4 and learner_config(config).seed == sub_seed(7, "learner")
+    assert sub_seed(8, "learner") != sub_seed(7, "learner")
+
+
+def test_the_config_cannot_be_changed_after_loading():
+    config = load_config("tiny-cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.sampling.temperature = 0.5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learner.optim.lr=1e-5", "learner.optim.lr -> learner.optimizer.lr"),
+        ("learner.optim.max_completion_length=64", "sampling.max_tokens"),
+        ("rollout.sampling.n=4", "rollout.sampling.n -> sampling.n"),
+        ("reward.weights.thinking=true", "reward.weights.thinking -> prompt.thinking"),
+        ("learner.parallel.dtype=bf16", "'bf16' is now spelled 'bfloat16'"),
+        ("learner.loss.betta=0.1", "unknown key(s) ['learner.loss.betta']"),
+    ],
+)
+def test_moved_renamed_and_unknown_keys_are_named(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-cpu", [override])
+    assert message in str(err.value)
+
+
+def test_an_old_config_file_names_every_moved_key(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "learner:\n  optim: {lr: 1.0e-6, dtype: bf16, thinking: true}\nrollout:\n  sampling: {n: 4}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(str(old))
+    for moved in ("learner.optim.lr", "learner.optim.dtype", "learner.optim.thinking", "rollout.sampling.n"):
+        assert moved in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learner.num_ranks=3"], "multiple of learner.num_ranks"),
+        (["train.overlap_rollout=true", "sampling.temperature=0.8"], "temperature 1"),
+    ],
+)
+def test_inconsistent_settings_fail_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-cpu", overrides)

@@ -1,0 +1,53 @@
+"""The house rules: each folder depends only downward, and no build output is in git."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+
+import pytest
+from helpers import ROOT
+
+PROJECT = {"reward", "rollout", "learner", "cluster", "deploy", "assets", "cli"}
+# folder -> the project folders it may import (besides itself). reward has no heavy deps at all.
+ALLOWED = {
+    "reward": set(),
+    "rollout": {"reward"},
+    "learner": {"rollout", "reward"},
+    "cluster": {"learner", "rollout", "reward"},
+    "deploy": {"learner", "rollout", "reward"},
+    "assets": {"learner", "rollout", "reward"},
+    "cli": PROJECT,
+}
+HEAVY = {"torch", "numpy", "transformers", "vllm", "ray", "deepspeed", "fastapi", "soundfile", "soxr"}
+
+
+def imported_top_levels(folder: str) -> dict[str, set[str]]:
+    """file -> top-level names it imports (module level and inside functions alike)."""
+    found = {}
+    for path in sorted((ROOT / folder).glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+@pytest.mark.parametrize("folder", sorted(ALLOWED))
+def test_folders_import_only_downward(folder):
+    for path, names in imported_top_levels(folder).items():
+        wrong = (names & PROJECT) - ALLOWED[folder] - {folder}
+        assert not wrong, f"{path} imports {sorted(wrong)}"
+        if folder == "reward":
+            assert not names & HEAVY, f"{path} imports {sorted(names & HEAVY)}"
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_no_build_output_is_tracked():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    built = [f for f in tracked.splitlines() if f.endswith((".so", ".o", ".ninja", ".pyc")) or "/build/" in f]
+    assert not built, built
