@@ -22,7 +22,9 @@ def _lock(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_data(train: Path, evaluation: Path, items: int, tasks: list[str] | None, log: Log = print) -> None:
+def ensure_data(
+    train: Path, evaluation: Path, items: int, tasks: list[str] | None, seed: int, log: Log = print
+) -> None:
     """Write a synthetic set of `items` questions next to `train` unless both files exist."""
     from assets.synthetic import make_dataset
 
@@ -35,7 +37,7 @@ def ensure_data(train: Path, evaluation: Path, items: int, tasks: list[str] | No
         if train.exists() and evaluation.exists():
             return
         log(f"building {items} synthetic audio questions in {train.parent} ...")
-        make_dataset(train.parent, n=items, seed=0, tasks=tasks)
+        make_dataset(train.parent, n=items, seed=seed, tasks=tasks)
 
 
 def ensure_model(

@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli.main import cli_command  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ASSETS = RESULTS / "assets"
@@ -22,19 +25,19 @@ ASSETS = RESULTS / "assets"
 def step(title: str, *command: str) -> None:
     print(f"\n=== {title} ===\n$ {' '.join(command)}", flush=True)
     started = time.time()
-    subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
+    script = command[0].endswith(".py")  # a benchmark script, else an `audio-grpo` subcommand
+    subprocess.run([sys.executable, *command] if script else cli_command(*command), cwd=ROOT, check=True)
     print(f"({time.time() - started:.0f} s)", flush=True)
 
 
 def main() -> int:
-    env_cli = ["-m", "cli"]
     small, tiny, data = ASSETS / "small", ASSETS / "tiny", ASSETS / "data"
     if not (small / "config.json").exists():
-        step("build the small model", *env_cli, "make-tiny", str(small), "--size", "small")
+        step("build the small model", "make-tiny", str(small), "--size", "small")
     if not (tiny / "config.json").exists():
-        step("build the tiny model", *env_cli, "make-tiny", str(tiny), "--size", "tiny")
+        step("build the tiny model", "make-tiny", str(tiny), "--size", "tiny")
     if not (data / "train.jsonl").exists():
-        step("build synthetic data", *env_cli, "make-data", str(data), "--n", "256")
+        step("build synthetic data", "make-data", str(data), "--n", "256")
     step("weight sync", "bench/weight_sync.py", "--models", f"tiny={tiny},small={small}", "--repeats", "5")
     step("rollout engines", "bench/rollout.py", "--model", str(small), "--batches", "1,4,8", "--repeats", "2")
     step(
@@ -52,7 +55,7 @@ def main() -> int:
     step("learning curve", "bench/learning_curve.py", "--steps", "80", "--eval-every", "10")
     port = "8799"
     server = subprocess.Popen(
-        [sys.executable, *env_cli, "serve", "--model", str(tiny), "--dtype", "float32", "--port", port],
+        cli_command("serve", "--model", str(tiny), "--dtype", "float32", "--port", port),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

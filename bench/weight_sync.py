@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.placement import free_port  # noqa: E402
+from cluster.network import free_port  # noqa: E402
 from rollout.weight_sync import SyncGroup  # noqa: E402
 
 BUCKET = 256 * 1024**2

@@ -126,19 +126,26 @@ def _config(args: argparse.Namespace):
 def prepare_assets(config) -> None:
     """Build the synthetic data and the tiny model a config asks for and does not find (once)."""
     from assets.build import ensure_data, ensure_model
-    from cluster.config import expand_path
+    from cluster.config import expand_path, sub_seed
 
-    data, model = config.data, config.model
+    data, model, seed = config.data, config.model, config.train.seed
     train_path = expand_path(data.train)
     tasks = [t for t in data.synthetic_tasks.split(",") if t] or None
-    ensure_data(train_path, expand_path(data.eval), data.synthetic_items, tasks, log=log.info)
+    ensure_data(
+        train_path,
+        expand_path(data.eval),
+        data.synthetic_items,
+        tasks,
+        sub_seed(seed, "data-build"),
+        log.info,
+    )
     ensure_model(
         expand_path(model.path),
         model.build_if_missing,
         warm_start_steps=model.warm_start_steps,
         train_data=train_path,
         audio_root=data.audio_root or None,
-        seed=config.train.seed,
+        seed=sub_seed(seed, "model-build"),
         log=log.info,
     )
 
@@ -234,6 +241,8 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.run_dir:  # answer exactly as the run trains: its engine, prompt style and sampling
+        if args.thinking:
+            raise ValueError("--thinking is for --model: with --run-dir the run's prompt.thinking applies")
         run = _run_config(Path(args.run_dir))
         engine, prompt, sampling = run.rollout.engine, run.prompt, run.sampling
     else:

@@ -9,17 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cli import commands
+from rollout.vllm_engine import Dtype
+
+DTYPES = list(typing.get_args(Dtype))
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default=None, help="vLLM dtype (default: the run's, else EngineConfig's)")
+    p.add_argument(
+        "--dtype", default=None, choices=DTYPES, help="vLLM dtype (default: the run's, else EngineConfig's)"
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="default: the run's, else EngineConfig's")
 
 

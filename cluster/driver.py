@@ -154,7 +154,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             scores,
             adv_eps=train_cfg.adv_eps,
             flip_advantages=train_cfg.flip_advantages,
-            with_logprobs=train_cfg.overlap_rollout,
+            with_logprobs=queue.ahead,  # off-policy rollouts bring the ratio's denominator
         )
         phases.mark("batch_s")
         update = learner.train_step(batch)

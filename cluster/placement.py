@@ -6,7 +6,6 @@ actor that dies is replaced in its own bundle, so a replacement never competes f
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 import ray
@@ -14,6 +13,7 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import RunConfig
+from cluster.network import free_port
 
 
 @dataclass
@@ -67,13 +67,6 @@ def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
         list(range(n_learn, n_learn + n_roll)),
         list(range(n_learn + n_roll, len(bundles))),
     )
-
-
-def free_port() -> int:
-    """A TCP port nobody on this host listens on right now (a rendezvous master will bind it)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 @ray.remote(num_cpus=0)

@@ -26,6 +26,16 @@ log = logging.getLogger("audio_grpo")
 DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
+def _answer(_actor) -> bool:
+    return True
+
+
+def ready(actors: list, timeout_s: float | None = None) -> None:
+    """Wait until every actor has started and answers (Ray's documented `__ray_call__`); raises the
+    actor's start-up error, or GetTimeoutError."""
+    ray.get([a.__ray_call__.remote(_answer) for a in actors], timeout=timeout_s)
+
+
 class LearnerGroup:
     """`num_ranks` learner actors forming one DeepSpeed data-parallel group."""
 
@@ -39,7 +49,7 @@ class LearnerGroup:
             )
             for rank, bundle in enumerate(placement.learner_bundles)
         ]
-        ray.get([r.__ray_ready__.remote() for r in self.ranks])  # raises here if a rank failed to start
+        ready(self.ranks)  # raises here if a rank failed to start
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         n = len(self.ranks)
@@ -77,7 +87,7 @@ class RolloutPool:
     def __init__(self, config: RunConfig, placement: Placement, model_path: str):
         self.config, self.placement, self.model_path = config, placement, model_path
         self.workers = [self._start(i) for i in range(len(placement.rollout_bundles))]
-        ray.get([w.__ray_ready__.remote() for w in self.workers])
+        ready(self.workers)
         self.restarts = 0
         self.version = 0
         self.last_sync: dict[str, float] = {}
@@ -101,7 +111,7 @@ class RolloutPool:
         except Exception:  # noqa: BLE001 - it is already gone
             pass
         self.workers[index] = self._start(index)
-        ray.get(self.workers[index].__ray_ready__.remote())
+        ready([self.workers[index]])
         self.restarts += 1
         if reconnect and self._learner is not None:  # the new worker must hold the current policy first
             self.connect(self._learner)
@@ -168,11 +178,11 @@ class RolloutPool:
             w.init_weight_sync.remote(host, port, i + 1, world, backend, sync.timeout_s)
             for i, w in enumerate(self.workers)
         ]
-        ray.get(
-            learner.ranks[0].init_weight_sync.remote(
-                host, port, world, backend, sync.timeout_s, sync.bucket_mb * 1024**2
-            )
-        )
+        senders = [  # every rank sends (ZeRO-3 gathers collectively); rank 0 joins the group
+            rank.init_weight_sync.remote(host, port, world, backend, sync.timeout_s, sync.bucket_mb * 1024**2)
+            for rank in learner.ranks
+        ]
+        ray.get(senders)
         ray.get(joined)
 
     def broadcast(self, version: int) -> float:
@@ -207,7 +217,7 @@ class RolloutPool:
     @staticmethod
     def _alive(worker) -> bool:
         try:
-            ray.get(worker.__ray_ready__.remote(), timeout=30)
+            ready([worker], timeout_s=30)
             return True
         except Exception:  # noqa: BLE001 - any failure to answer means it is gone
             return False

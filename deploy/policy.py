@@ -31,7 +31,7 @@ from reward.rewards import extract_answer
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import PromptConfig, render_prompt
 from rollout.sampling import SamplingConfig, forbidden_token_ids, vllm_sampling_params
-from rollout.vllm_engine import EngineConfig, engine_args
+from rollout.vllm_engine import EngineConfig, engine_args, vllm_env
 
 log = logging.getLogger("audio_grpo.serve")
 
@@ -76,6 +76,7 @@ class PolicyEngine:
         self.run_dir = Path(run_dir) if run_dir else None
         self.prompt, self.sampling, self.engine_config = prompt, sampling, engine
         start = Path(model_dir) if model_dir else self._wait_for_first_checkpoint()
+        vllm_env(engine)
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -166,7 +167,7 @@ class PolicyEngine:
         choices: list[str],
         *,
         temperature: float = 0.0,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,  # None: the policy's sampling.max_tokens
         n: int = 1,
     ) -> dict[str, Any]:
         from vllm.sampling_params import RequestOutputKind
@@ -174,7 +175,9 @@ class PolicyEngine:
         started = time.perf_counter()
         prompt = render_prompt(self.processor, question, choices, thinking=self.prompt.thinking)
         params = vllm_sampling_params(
-            replace(self.sampling, n=n, temperature=temperature, max_tokens=max_tokens),
+            replace(
+                self.sampling, n=n, temperature=temperature, max_tokens=max_tokens or self.sampling.max_tokens
+            ),
             self.forbidden,
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, holding all n samples
         )

@@ -182,13 +182,17 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
         except AudioError as err:
             raise HTTPException(400, f"audio {upload.filename!r}: {err.reason}") from None
 
-    def check_sampling(temperature: float, max_tokens: int, n: int) -> None:
+    def check_sampling(temperature: float, max_tokens: int | None, n: int) -> int:
+        """Validate a request's sampling; returns its completion budget (the policy's by default)."""
+        if max_tokens is None:
+            max_tokens = state["engine"].sampling.max_tokens
         if not 0.0 <= temperature <= 2.0:
             raise HTTPException(400, "temperature must be between 0 and 2")
         if not 1 <= max_tokens <= limits.max_tokens:
             raise HTTPException(400, f"max_tokens must be between 1 and {limits.max_tokens}")
         if not 1 <= n <= limits.max_n:
             raise HTTPException(400, f"n must be between 1 and {limits.max_n}")
+        return max_tokens
 
     async def run(wave, question: str, choices: list[str], temperature: float, max_tokens: int, n: int):
         engine = state["engine"]
@@ -209,13 +213,13 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
         question: str = Form(...),
         choices: str = Form(..., description='JSON list, e.g. ["a", "b"]'),
         temperature: float = Form(0.0),
-        max_tokens: int = Form(256),
+        max_tokens: int | None = Form(None, description="default: the policy's sampling.max_tokens"),
         n: int = Form(1),
     ):
         started = time.perf_counter()
         check_question(question, limits)
         parsed = parse_choices(choices, limits)
-        check_sampling(temperature, max_tokens, n)
+        max_tokens = check_sampling(temperature, max_tokens, n)
         wave = await decode(audio)
         result = await run(wave, question, parsed, temperature, max_tokens, n)
         result["timing"]["total_s"] = time.perf_counter() - started
@@ -227,7 +231,7 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
         audio: UploadFile = File(...),
         questions: str = Form(..., description='JSON list of {"question", "choices"}'),
         temperature: float = Form(0.0),
-        max_tokens: int = Form(256),
+        max_tokens: int | None = Form(None, description="default: the policy's sampling.max_tokens"),
     ):
         started = time.perf_counter()
         try:
@@ -250,7 +254,7 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
                 )
             except HTTPException as err:
                 raise HTTPException(400, f"questions[{i}]: {err.detail}") from None
-        check_sampling(temperature, max_tokens, 1)
+        max_tokens = check_sampling(temperature, max_tokens, 1)
         wave = await decode(audio)
         results = await asyncio.gather(*(run(wave, q, c, temperature, max_tokens, 1) for q, c in parsed))
         total = time.perf_counter() - started
@@ -269,6 +273,7 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
             "thinking": engine.prompt.thinking,
             "dtype": engine.engine_config.dtype,
             "max_model_len": engine.engine_config.max_model_len,
+            "max_tokens": engine.sampling.max_tokens,  # a request's default completion budget
             "in_flight": engine.in_flight,
             "max_in_flight": state["max_in_flight"],
         }

@@ -90,6 +90,7 @@ def load_checkpoint(learner, directory: str | Path) -> dict[str, Any]:
             f"{directory} was written by {manifest['world_size']} learner ranks, "
             f"this run has {learner.world_size}"
         )
+    _check_schedule(manifest, learner, directory)
     path, _ = learner.engine.load_checkpoint(
         str(directory / STATE_DIR), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=True
     )
@@ -98,6 +99,18 @@ def load_checkpoint(learner, directory: str | Path) -> dict[str, Any]:
     _set_rng_state(torch.load(directory / STATE_DIR / f"rng_rank{learner.rank}.pt", weights_only=False))
     learner.step = manifest["step"]
     return manifest["state"]
+
+
+def _check_schedule(manifest: dict[str, Any], learner, directory: Path) -> None:
+    """The scheduler's state is a step count: resuming it on a schedule of another length would jump
+    the learning rate, so a decaying schedule must keep its length (e.g. when max_steps grows)."""
+    saved = manifest.get("learner", {}).get("optimizer", {}).get("schedule_steps")
+    optimizer = learner.config.optimizer
+    if optimizer.lr_schedule != "constant" and saved is not None and saved != optimizer.schedule_steps:
+        raise ValueError(
+            f"{directory} was trained on a {saved}-step {optimizer.lr_schedule} schedule, this run's has "
+            f"{optimizer.schedule_steps} steps: resume with --set learner.optimizer.schedule_steps={saved}"
+        )
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:

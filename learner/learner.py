@@ -169,7 +169,7 @@ class Learner:
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.step = 0
-        self._sync_group, self._sync_bucket_bytes = None, 0  # the weight broadcast (rank 0 only)
+        self._sender = None  # the weight broadcast's sending side (init_weight_sync)
 
     @property
     def model(self):
@@ -321,18 +321,22 @@ class Learner:
     def init_weight_sync(
         self, host: str, port: int, world_size: int, backend: str, timeout_s: float, bucket_bytes: int
     ) -> None:
-        """Rank 0 joins the sync group as its rank 0 (other ranks hold no group)."""
+        """Every rank takes part in sending; rank 0 joins the sync group as its rank 0. A rebuilt
+        group (a worker was replaced) keeps the plan, and shares it with the new group."""
+        from learner.weight_sync import WeightSender
         from rollout.weight_sync import SyncGroup
 
-        self._sync_group, self._sync_bucket_bytes = None, bucket_bytes
-        if self.rank == 0:
-            self._sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s)
+        group = SyncGroup(host, port, 0, world_size, backend, timeout_s) if self.rank == 0 else None
+        if self._sender is None:
+            self._sender = WeightSender(group, bucket_bytes)
+        else:
+            self._sender.group = group
 
     def send_weights(self) -> dict[str, float]:
         """Collective over the learner ranks (ZeRO-3 gathers); rank 0 broadcasts. Returns timings."""
-        from learner.weight_sync import send_weights
-
-        return send_weights(self, self._sync_group, self._sync_bucket_bytes)
+        if self._sender is None:
+            raise RuntimeError("init_weight_sync was not called")
+        return self._sender.send(self)
 
     def flat_parameters(self) -> np.ndarray:
         """All weights as one float32 vector (tests compare ranks and runs with it)."""

@@ -62,6 +62,7 @@ def _generate(learner: Learner, questions, waveforms, greedy: bool = False):
         config.sampling,
         greedy=greedy,
         thinking=config.prompt.thinking,
+        version=learner.step,
     )
 
 

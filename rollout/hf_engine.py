@@ -63,8 +63,10 @@ def hf_rollouts(
     *,
     greedy: bool = False,
     thinking: bool = False,
+    version: int = 0,
 ) -> list[RolloutResult]:
-    """`hf_generate` as the rollout pool answers: one `RolloutResult` per question, texts decoded."""
+    """`hf_generate` as the rollout pool answers: one `RolloutResult` per question, texts decoded,
+    each marked with the policy `version` that generated it."""
     groups = hf_generate(
         model,
         processor,
@@ -82,6 +84,7 @@ def hf_rollouts(
                 Completion(ids, text)
                 for ids, text in zip(group, decode(group, skip_special_tokens=True), strict=True)
             ],
+            version,
         )
         for q, group in zip(questions, groups, strict=True)
     ]

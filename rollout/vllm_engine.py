@@ -36,10 +36,14 @@ class EngineConfig:
     in_process: bool = True
 
 
+def vllm_env(engine: EngineConfig) -> None:
+    """Process settings vLLM and the Hugging Face hub read once, on import: call before either."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a wrong path fails, never downloads
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
+
+
 def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: Any) -> dict[str, Any]:
     """vLLM's engine arguments for `LLM(...)` and `AsyncEngineArgs(...)` alike (audio: one clip)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
     return {
         "model": model_path,
         "dtype": engine.dtype,
@@ -61,6 +65,7 @@ class RolloutWorker:
         prompt: PromptConfig = PromptConfig(),
         seed: int = 0,
     ):
+        vllm_env(engine)
         if engine.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from transformers import AutoProcessor

@@ -121,7 +121,7 @@ class SyncGroup:
             from vllm.distributed.utils import StatelessProcessGroup
 
             group = self._store = StatelessProcessGroup.create(
-                host=host, port=port, rank=rank, world_size=world_size
+                host=host, port=port, rank=rank, world_size=world_size, store_timeout=int(timeout_s)
             )
             self.device = torch.device(f"cuda:{torch.cuda.current_device()}")
             self._group = PyNcclCommunicator(group, device=self.device)

@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, fp32_llm, free_port
+from helpers import ROOT, fp32_llm
+
+from cluster.network import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

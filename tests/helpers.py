@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from cli.main import cli_command
-from cluster.placement import free_port
+from cluster.network import free_port
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
 
@@ -24,9 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 QUESTION, CHOICES = "Is the tone high or low?", ["high", "low"]
 FORM = {"question": QUESTION, "choices": json.dumps(CHOICES)}  # an /v1/answer form, less its audio
-
-__all__ = ["free_port"]  # re-exported: tests take the project's one free-port helper from here
-
 
 # -- audio ------------------------------------------------------------------------------------------
 
@@ -69,7 +66,7 @@ def clips() -> list[np.ndarray]:
 _LEARNER_PORT = free_port()  # the pytest process joins one gloo group of size 1, once
 
 
-def learner_config(**overrides):
+def make_learner_config(**overrides):
     """A LearnerConfig (lr 1e-3, float32) with overrides named by field, whichever section holds it."""
     from learner.config import LearnerConfig
 
@@ -85,7 +82,7 @@ def learner_config(**overrides):
 def make_learner(model_dir, **overrides):
     from learner.learner import Learner
 
-    return Learner(model_dir, learner_config(**overrides), master_port=_LEARNER_PORT)
+    return Learner(model_dir, make_learner_config(**overrides), master_port=_LEARNER_PORT)
 
 
 def flat_params(model) -> torch.Tensor:
@@ -125,11 +122,13 @@ def pitch_batch(tokenizer, n_questions: int = 2, group: int = 4):
 
 def fp32_llm(model_dir):
     """A vLLM engine in fp32 (where its greedy output equals transformers' token for token)."""
+    from rollout.vllm_engine import EngineConfig, engine_args, vllm_env
+
+    engine = EngineConfig(dtype="float32", max_model_len=2048)
+    vllm_env(engine)
     from vllm import LLM
 
-    from rollout.vllm_engine import EngineConfig, engine_args
-
-    return LLM(**engine_args(str(model_dir), EngineConfig(dtype="float32", max_model_len=2048)))
+    return LLM(**engine_args(str(model_dir), engine))
 
 
 def hf_greedy(model_dir, max_new_tokens: int = 24) -> list[list[int]]:

@@ -88,6 +88,15 @@ def test_a_crash_mid_save_leaves_no_checkpoint_that_looks_complete(trained, monk
     assert latest_checkpoint(root) == root / "step-3" and not (root / "step-3.partial").exists()
 
 
+def test_resume_refuses_a_decaying_schedule_of_another_length(tiny_model_dir, tmp_path):
+    learner = make_learner(tiny_model_dir, lr_schedule="cosine", schedule_steps=10)
+    learner.train_step(pitch_batch(learner.processor.tokenizer, n_questions=1, group=2))
+    path = learner.save(str(tmp_path / "step-1"))
+    longer = make_learner(tiny_model_dir, lr_schedule="cosine", schedule_steps=20)  # max_steps grew
+    with pytest.raises(ValueError, match="schedule_steps=10"):
+        longer.load(path)
+
+
 def test_resume_refuses_a_different_world_size(trained, tiny_model_dir, tmp_path):
     _, _, path = trained
     manifest = read_manifest(path)

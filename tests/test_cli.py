@@ -50,6 +50,11 @@ def test_errors_are_one_clear_line_not_a_traceback(tmp_path):
     assert result.returncode == 2 and "unknown task" in result.stderr
 
 
+def test_serve_refuses_thinking_beside_a_run_dir(tmp_path):
+    result = run_cli("serve", "--run-dir", str(tmp_path), "--thinking")
+    assert result.returncode == 2 and "run's prompt.thinking applies" in result.stderr
+
+
 def test_make_tiny_cli_writes_a_loadable_folder(tmp_path):
     result = run_cli("make-tiny", str(tmp_path / "m"), "--seed", "3")
     assert result.returncode == 0, result.stderr

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import batch_rows, flat_params, free_port, learner_config, make_learner, pitch_batch, tone
+from helpers import batch_rows, flat_params, make_learner, make_learner_config, pitch_batch, tone
 
+from cluster.network import free_port
 from learner.learner import Learner
 from learner.policy import audio_embeddings, completion_logprobs, encode_questions
+from rollout.audio import SAMPLE_RATE
 
 
 def assert_same_update(a: torch.Tensor, b: torch.Tensor, lr: float = 1e-3) -> None:
@@ -127,7 +129,7 @@ def test_world_size_two_equals_world_size_one(tiny_model_dir, ray_cluster):
     expected = flat_params(single.model).numpy()
 
     port = free_port()
-    config = learner_config(max_grad_norm=1e9)
+    config = make_learner_config(max_grad_norm=1e9)
     ranks = [
         LearnerActor.remote(str(tiny_model_dir), config, rank=r, world_size=2, master_port=port)
         for r in range(2)
@@ -189,7 +191,7 @@ def test_audio_embeddings_on_cropped_frames_equal_the_full_30s_encoder(tiny_mode
     extractor = AutoProcessor.from_pretrained(tiny_model_dir).feature_extractor
     for seconds in ([0.7, 2.3], [1.0, 30.0]):  # short clips (cropped), and a full-length one
         waves = [tone(300.0 * (i + 1), s) for i, s in enumerate(seconds)]
-        out = extractor(waves, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+        out = extractor(waves, sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt")
         features, mask = out.input_features, out.attention_mask
         tower = model.model.audio_tower
         with torch.no_grad():

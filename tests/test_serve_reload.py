@@ -47,6 +47,7 @@ def test_a_followed_run_is_served_with_its_own_settings(followed_run):
     _, url, _ = followed_run
     policy = httpx.get(f"{url}/v1/policy", timeout=10).json()
     assert policy["thinking"] is True and policy["dtype"] == "float32" and policy["max_model_len"] == 2048
+    assert policy["max_tokens"] == 12  # tiny-cpu's sampling.max_tokens: the default completion budget
 
 
 def test_reloads_under_concurrent_requests_lose_no_answer(followed_run, tiny_model_dir):

@@ -10,6 +10,7 @@ from helpers import CHOICES, QUESTION, assert_same_greedy, clips, fp32_llm, hf_g
 from safetensors import safe_open
 
 from assets.tiny_model import make_tiny, parameter_count
+from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
 
 
@@ -68,7 +69,7 @@ def test_tokenizer_and_processor_carry_qwen2_audio_tokens(tiny_model_dir):
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     # A 2 s clip expands to about 50 audio tokens.
     text = render_prompt(processor, QUESTION, CHOICES)
-    inputs = processor(text=text, audio=clips()[0], sampling_rate=16000, return_tensors="pt")
+    inputs = processor(text=text, audio=clips()[0], sampling_rate=SAMPLE_RATE, return_tensors="pt")
     n_audio = int((inputs.input_ids == config["audio_token_index"]).sum())
     assert 45 <= n_audio <= 55
 
@@ -79,7 +80,9 @@ def test_loads_like_the_r1_aqa_model_card_in_bf16(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     text = render_prompt(processor, QUESTION, CHOICES)
-    inputs = processor(text=text, audio=clips()[0], sampling_rate=16000, return_tensors="pt", padding=True)
+    inputs = processor(
+        text=text, audio=clips()[0], sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
+    )
     generated = model.generate(**inputs, max_new_tokens=8)
     response = processor.batch_decode(
         generated[:, inputs.input_ids.size(1) :], skip_special_tokens=True, clean_up_tokenization_spaces=False

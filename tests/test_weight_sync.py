@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import soundfile as sf
 import torch
-from helpers import free_port, make_learner, pitch_batch, tone
+from helpers import make_learner, pitch_batch, tone
 
+from cluster.network import free_port
 from learner.hf_format import published_state
+from rollout.audio import SAMPLE_RATE
 from rollout.hf_engine import hf_generate
 from rollout.question import AudioQuestion
 from rollout.sampling import SamplingConfig
@@ -37,7 +39,7 @@ def clip_questions(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
     questions = []
     for i, freq in enumerate([300.0, 2000.0, 800.0]):
-        sf.write(root / f"{i}.wav", tone(freq, 1.0 + 0.3 * i), 16000)
+        sf.write(root / f"{i}.wav", tone(freq, 1.0 + 0.3 * i), SAMPLE_RATE)
         questions.append(
             AudioQuestion(str(i), str(root / f"{i}.wav"), "Is the tone high or low?", ["high", "low"], "high")
         )
