@@ -73,9 +73,7 @@ def write_weights(model: torch.nn.Module, out_dir: Path, shard_bytes: int = SHAR
     return names
 
 
-def save_hf_folder(
-    model: Any, processor: Any, out_dir: str | Path, extra_files: dict[str, str] | None = None
-) -> Path:
+def save_hf_folder(model: Any, processor: Any, out_dir: str | Path) -> Path:
     """Write weights, config, generation config and processor into `out_dir` (created if absent).
 
     The caller makes this atomic by writing into a temporary folder and renaming it.
@@ -89,8 +87,6 @@ def save_hf_folder(
         model.generation_config.save_pretrained(out)
     if processor is not None:
         processor.save_pretrained(out)
-    for name, text in (extra_files or {}).items():
-        (out / name).write_text(text)
     for path in out.iterdir():  # make the bytes durable before anyone renames the folder
         if path.is_file():
             with path.open("rb") as handle:
