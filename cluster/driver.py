@@ -71,6 +71,12 @@ class Phases:
         return {**self._seconds, "step_s": time.perf_counter() - self.started}
 
 
+def _due(every: int, step: int, last: bool) -> bool:
+    """Whether a periodic action (evaluation, checkpoint) runs after `step`: every `every` steps
+    and after the last (`every` 0: only after the last)."""
+    return last or bool(every and step % every == 0)
+
+
 def _show(bar, record: dict) -> None:
     bar.set_postfix(
         reward=f"{record['reward_mean']:.2f}",
@@ -120,10 +126,7 @@ def _resume(run_dir: Path, learner, pool) -> tuple[int, int, Path | None]:
 
 def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
     """Run GRPO to `train.max_steps` (from the last checkpoint with `resume`); returns `run_dir`."""
-    import ray
-
     from cluster.metrics import MetricsSink
-    from cluster.pool import peak_memory
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
@@ -131,12 +134,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
     train_cfg, sampling = config.train, config.sampling
     placement, learner, pool, rewards = _start_actors(config)
     start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
-    sampler = EpochSampler(len(train_set), sub_seed(train_cfg.seed, "data"), position)
-
-    def draw():
-        picked = [train_set[i] for i in sampler.take(train_cfg.questions_per_step)]
-        return picked, sampler.position
-
+    draw = _question_source(train_set, config, position)
     queue = RolloutQueue(pool, draw, sampling, ahead=train_cfg.overlap_rollout)
     metrics = MetricsSink(run_dir, config.name, start)
     bar = _progress_bar(config, start, progress)
@@ -170,23 +168,44 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool
             "worker_restarts": pool.restarts + rewards.restarts,
             "data_position": rollouts.data_position,
         }
-        if train_cfg.eval_every and (step % train_cfg.eval_every == 0 or last):
+        if train_cfg.eval_every and _due(train_cfg.eval_every, step, last):  # 0: never
             scores_eval = evaluate(pool, eval_set, sampling, run_dir / "eval" / f"step-{step}.json")
             record["eval_accuracy"] = scores_eval["total"]
-        if (train_cfg.save_every and step % train_cfg.save_every == 0) or last:
+        if _due(train_cfg.save_every, step, last):
             last_saved = run_dir / "checkpoints" / f"step-{step}"
             learner.save(str(last_saved), {"step": step, "data_position": rollouts.data_position})
         metrics.log(record)
         _show(bar, record)
     bar.close()
     metrics.close()
+    _finish(run_dir, last_saved or checkpoint, placement, learner, pool, rewards)
+    return run_dir
+
+
+def _question_source(train_set, config: RunConfig, position: int):
+    """`draw()` -> (the next step's questions, the data position after them), from `position` on."""
+    sampler = EpochSampler(len(train_set), sub_seed(config.train.seed, "data"), position)
+
+    def draw():
+        picked = [train_set[i] for i in sampler.take(config.train.questions_per_step)]
+        return picked, sampler.position
+
+    return draw
+
+
+def _finish(run_dir: Path, checkpoint, placement, learner, pool, rewards) -> None:
+    """Write summary.json (last checkpoint, the workers' policy versions, peak memory per actor
+    kind) and release the placement group."""
+    import ray
+
+    from cluster.pool import peak_memory
+
     summary = {
         "run_dir": str(run_dir),
-        "checkpoint": str(last_saved or checkpoint),
+        "checkpoint": str(checkpoint),
         "metrics": str(run_dir / "metrics.jsonl"),
         "rollout_policy_versions": pool.versions(),
         "peak_rss_mib": peak_memory(learner, pool, rewards),
     }
     ray.util.remove_placement_group(placement.group)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return run_dir

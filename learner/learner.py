@@ -247,21 +247,7 @@ class Learner:
         self.engine.train()
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses
 
-        with torch.no_grad():
-            refs = [
-                self._logprobs(self.reference, rows, encoded, q) if self.reference is not None else None
-                for q, rows, _ in prepared
-            ]
-            # The ratio's denominator: the sampling policy's log-probs when the rollouts came with
-            # them, else this policy before the update (which only matters for several updates).
-            olds = [
-                self._behaviour(batch, q, rows.completion_ids.size(1))
-                if batch.behaviour_logprobs
-                else self._logprobs(self.model, rows, encoded, q)
-                if cfg.updates_per_batch > 1
-                else None
-                for q, rows, _ in prepared
-            ]
+        refs, olds = self._fixed_logprobs(batch, encoded, prepared)
         totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         grad_norm = None
         for _ in range(cfg.updates_per_batch):
@@ -280,12 +266,7 @@ class Learner:
                     max_completion_length=self.config.sampling.max_tokens,
                     num_items_in_batch=n_tokens,
                 )
-                # Weight each micro-batch by its share so the sum is the loss over the whole shard.
-                share = rows.completion_ids.size(0) / n_responses
-                tokens_share = float(rows.completion_mask.sum()) / max(n_tokens, 1.0)
-                weight = share if cfg.loss_type in ("grpo", "dr_grpo") else 1.0
-                if cfg.loss_type == "bnpo":
-                    weight = tokens_share
+                weight, tokens_share = self._micro_weight(rows, n_responses, n_tokens)
                 self.engine.backward(out.loss * weight, scale_wrt_gas=False)
                 if i == len(prepared) - 1:
                     grad_norm = self._grad_norm()
@@ -304,6 +285,34 @@ class Learner:
             "tokens": n_tokens,
             "step": self.step,
         }
+
+    @torch.no_grad()
+    def _fixed_logprobs(self, batch: LearnerBatch, encoded, prepared) -> tuple[list, list]:
+        """Per micro-batch, the log-probs the update holds fixed: the reference's (for the KL), and
+        the ratio's denominator: the sampling policy's when the rollouts came with them, else this
+        policy before the update (which only matters for several updates per batch)."""
+        refs = [
+            self._logprobs(self.reference, rows, encoded, q) if self.reference is not None else None
+            for q, rows, _ in prepared
+        ]
+        olds = [
+            self._behaviour(batch, q, rows.completion_ids.size(1))
+            if batch.behaviour_logprobs
+            else self._logprobs(self.model, rows, encoded, q)
+            if self.config.loss.updates_per_batch > 1
+            else None
+            for q, rows, _ in prepared
+        ]
+        return refs, olds
+
+    def _micro_weight(self, rows, n_responses: int, n_tokens: float) -> tuple[float, float]:
+        """(loss weight, token share) of one micro-batch: weighted so that the micro-batches' sum is
+        the loss over the whole shard, as `loss_type` aggregates it."""
+        tokens_share = float(rows.completion_mask.sum()) / max(n_tokens, 1.0)
+        loss_type = self.config.loss.loss_type
+        if loss_type in ("grpo", "dr_grpo"):
+            return rows.completion_ids.size(0) / n_responses, tokens_share
+        return (tokens_share if loss_type == "bnpo" else 1.0), tokens_share
 
     def _grad_norm(self) -> float | None:
         """Pre-clipping gradient norm when DeepSpeed does not report one (ZeRO stage 0)."""
