@@ -39,7 +39,16 @@ def main() -> int:
     if not (data / "train.jsonl").exists():
         step("build synthetic data", "make-data", str(data), "--n", "256")
     step("weight sync", "bench/weight_sync.py", "--models", f"tiny={tiny},small={small}", "--repeats", "5")
-    step("rollout engines", "bench/rollout.py", "--model", str(small), "--batches", "1,4,8", "--repeats", "2")
+    step(
+        "rollout engines",
+        "bench/rollout_engines.py",
+        "--model",
+        str(small),
+        "--batches",
+        "1,4,8",
+        "--repeats",
+        "2",
+    )
     step(
         "end to end",
         "bench/e2e.py",

@@ -46,6 +46,13 @@ def test_folders_import_only_downward(folder):
             assert not names & HEAVY, f"{path} imports {sorted(names & HEAVY)}"
 
 
+def test_no_script_shadows_a_package():
+    """bench/ scripts run as files, with bench/ first on sys.path: a bench/rollout.py would hide the
+    rollout package from everything they import."""
+    scripts = {path.stem for path in (ROOT / "bench").glob("*.py")}
+    assert not scripts & PROJECT, sorted(scripts & PROJECT)
+
+
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_no_build_output_is_tracked():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout

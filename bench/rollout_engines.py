@@ -1,6 +1,6 @@
 """Rollout benchmark: the vLLM engine against HF `generate` on the same prompts with audio.
 
-    python bench/rollout.py --model DIR [--batches 1,4,8] [--n 8] [--max-tokens 32] [--repeats 3]
+    python bench/rollout_engines.py --model DIR [--batches 1,4,8] [--n 8] [--max-tokens 32] [--repeats 3]
 
 Both engines get the same questions (2 s clips), the same n and token budget, greedy-free sampling
 at temperature 1.0 and fp32; runs alternate between engines; medians are reported.
