@@ -182,19 +182,18 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
         except AudioError as err:
             raise HTTPException(400, f"audio {upload.filename!r}: {err.reason}") from None
 
-    def check_sampling(temperature: float, max_tokens: int | None, n: int) -> int:
-        """Validate a request's sampling; returns its completion budget (the policy's by default)."""
-        if max_tokens is None:
-            max_tokens = state["engine"].sampling.max_tokens
+    def check_sampling(temperature: float, max_tokens: int | None, n: int) -> None:
+        """Validate a request's sampling (no `max_tokens`: the policy's own budget applies)."""
         if not 0.0 <= temperature <= 2.0:
             raise HTTPException(400, "temperature must be between 0 and 2")
-        if not 1 <= max_tokens <= limits.max_tokens:
+        if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
             raise HTTPException(400, f"max_tokens must be between 1 and {limits.max_tokens}")
         if not 1 <= n <= limits.max_n:
             raise HTTPException(400, f"n must be between 1 and {limits.max_n}")
-        return max_tokens
 
-    async def run(wave, question: str, choices: list[str], temperature: float, max_tokens: int, n: int):
+    async def run(
+        wave, question: str, choices: list[str], temperature: float, max_tokens: int | None, n: int
+    ):
         engine = state["engine"]
         state["max_in_flight"] = max(state["max_in_flight"], engine.in_flight + 1)
         try:
@@ -219,7 +218,7 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
         started = time.perf_counter()
         check_question(question, limits)
         parsed = parse_choices(choices, limits)
-        max_tokens = check_sampling(temperature, max_tokens, n)
+        check_sampling(temperature, max_tokens, n)
         wave = await decode(audio)
         result = await run(wave, question, parsed, temperature, max_tokens, n)
         result["timing"]["total_s"] = time.perf_counter() - started
@@ -254,7 +253,7 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
                 )
             except HTTPException as err:
                 raise HTTPException(400, f"questions[{i}]: {err.detail}") from None
-        max_tokens = check_sampling(temperature, max_tokens, 1)
+        check_sampling(temperature, max_tokens, 1)
         wave = await decode(audio)
         results = await asyncio.gather(*(run(wave, q, c, temperature, max_tokens, 1) for q, c in parsed))
         total = time.perf_counter() - started
