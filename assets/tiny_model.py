@@ -76,6 +76,18 @@ SIZES = {
             num_key_value_heads=2,
         ),
     ),
+    # About 100M parameters (400 MB in float32): benchmarks only (weight transfer at a few hundred MB).
+    "medium": dict(
+        vocab=4096,
+        audio=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
+        text=dict(
+            hidden_size=1024,
+            intermediate_size=2048,
+            num_hidden_layers=10,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+        ),
+    ),
 }
 
 # A few generic audio-QA words beyond the synthetic tasks (MMAU-style questions tokenise shorter).

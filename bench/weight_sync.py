@@ -1,19 +1,21 @@
-"""Weight-sync benchmark: seconds per broadcast against bytes moved, next to the floor.
+"""Weight-transfer benchmark: seconds per update against the one-copy floor, and peak memory.
 
-    python bench/weight_sync.py [--sizes-mb 2.4,132,400] [--workers 1,2] [--repeats 5] [--out F.json]
+    python bench/weight_sync.py --models tiny=DIR,small=DIR,medium=DIR [--workers 1,2]
+                                [--bucket-mb 64] [--repeats 5] [--out F.json]
 
-Part 1 (raw): the same bucketed gloo broadcast the system uses (`rollout.weight_sync.SyncGroup`),
-learner process -> W receiver processes, for the tiny model's bytes, the small model's and a
-synthetic state of a few hundred MB; the floor is one in-memory copy of the same bytes.
-Part 2 (end to end): the real thing for the tiny and small checkpoints, learner actor -> vLLM
-rollout actors, including vLLM's reload and cache resets (`RolloutPool.broadcast`).
+End to end, the real thing: a learner actor sends through vLLM's weight-transfer API (our gloo
+trainer engine; `learner.weight_source`) to W vLLM rollout actors, which receive chunk by chunk
+and reload layer by layer (`rollout.weight_transfer`), then reset their caches. For each model:
+seconds (median), the floor (one in-memory copy of the model's bytes), and the peak bytes of
+transfer buffers alive at once on the sender (gathered group, cast copies, packed chunk) and on
+each receiver (chunks still referenced by a layer being loaded), against the model's bytes and
+the bucket. `make-tiny --size medium` builds the few-hundred-MB model (about 400 MB in float32).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -23,77 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.network import free_port  # noqa: E402
-from rollout.weight_sync import SyncGroup  # noqa: E402
 
-BUCKET = 256 * 1024**2
-
-
-def _receiver(port: int, rank: int, world: int, sizes: list[int], repeats: int) -> None:
-    group = SyncGroup("127.0.0.1", port, rank, world, "gloo", 300)
-    for numel in sizes:
-        buckets = [
-            torch.empty(min(BUCKET // 4, numel - i), dtype=torch.float32)
-            for i in range(0, numel, BUCKET // 4)
-        ]
-        for _ in range(repeats + 1):
-            for bucket in buckets:
-                group.broadcast(bucket)
-
-
-def raw_broadcast(sizes_mb: list[float], workers: int, repeats: int) -> list[dict]:
-    numels = [int(mb * 1024**2 / 4) for mb in sizes_mb]
-    port = free_port()
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_receiver, args=(port, r + 1, workers + 1, numels, repeats))
-        for r in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    group = SyncGroup("127.0.0.1", port, 0, workers + 1, "gloo", 300)
-    rows = []
-    for mb, numel in zip(sizes_mb, numels, strict=True):
-        buckets = [torch.randn(min(BUCKET // 4, numel - i)) for i in range(0, numel, BUCKET // 4)]
-        times, floors = [], []
-        for attempt in range(repeats + 1):
-            started = time.perf_counter()
-            for bucket in buckets:
-                group.broadcast(bucket)
-            elapsed = time.perf_counter() - started
-            started = time.perf_counter()
-            for bucket in buckets:
-                bucket.clone()
-            floor = time.perf_counter() - started
-            if attempt:  # the first round sets up connections
-                times.append(elapsed)
-                floors.append(floor)
-        seconds, floor = statistics.median(times), statistics.median(floors)
-        rows.append(
-            {
-                "kind": "raw",
-                "mb": mb,
-                "workers": workers,
-                "seconds": seconds,
-                "floor_s": floor,
-                "ratio_to_floor": seconds / floor,
-                "gb_per_s": mb / 1024 / seconds,
-            }
-        )
-    for p in procs:
-        p.join(timeout=120)
-    return rows
-
-
-def _state(model_dir: str) -> list[torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return [t for f in sorted(Path(model_dir).glob("*.safetensors")) for t in load_file(f).values()]
-
-
-def copy_floor(numel: int, repeats: int) -> float:
-    """Median seconds of one in-memory copy of `numel` float32 values (the floor)."""
-    source = torch.randn(numel)
+def copy_floor(nbytes: int, repeats: int) -> float:
+    """Median seconds of one in-memory copy of `nbytes` (the floor)."""
+    source = torch.randn(nbytes // 4)
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
@@ -102,39 +37,46 @@ def copy_floor(numel: int, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def end_to_end(model_dir: str, label: str, workers: int, repeats: int) -> dict:
-    """A real LearnerGroup and RolloutPool (Ray actors, vLLM engines) broadcasting `model_dir`."""
+def end_to_end(model_dir: str, label: str, workers: int, bucket_mb: int, repeats: int) -> dict:
+    """A real LearnerGroup and RolloutPool (Ray actors, vLLM engines) updating `workers` engines."""
     import ray
 
     from cluster.config import load_config
     from cluster.placement import make_placement
     from cluster.pool import LearnerGroup, RolloutPool
 
-    nbytes = sum(t.numel() * t.element_size() for t in _state(model_dir))
-    floor_s = copy_floor(nbytes // 4, repeats)  # before any engine starts, on a quiet machine
-    config = load_config("tiny-cpu", [f"model.path={model_dir}", f"rollout.num_workers={workers}"])
+    config = load_config(
+        "tiny-cpu",
+        [f"model.path={model_dir}", f"rollout.num_workers={workers}", f"sync.bucket_mb={bucket_mb}"],
+    )
     placement = make_placement(config)
     learner = LearnerGroup(config, placement, model_dir)
     pool = RolloutPool(config, placement, model_dir)
     pool.connect(learner)
-    times, parts = [], []
+    times, syncs, receivers = [], [], []
     for version in range(1, repeats + 2):
         times.append(pool.broadcast(version))
-        parts.append(dict(pool.last_sync))
-    times, parts = times[1:], parts[1:]  # the first round sets up connections and buckets
+        syncs.append(dict(pool.last_sync))
+        receivers.append(
+            max(ray.get([w.transfer_stats.remote() for w in pool.workers]), key=lambda s: s["peak_bytes"])
+        )
+    times, syncs, receivers = times[1:], syncs[1:], receivers[1:]  # the first round connects
     for actor in pool.workers + learner.ranks:
         ray.kill(actor)
     ray.util.remove_placement_group(placement.group)
+    nbytes = syncs[0]["bytes"]
+    floor_s = copy_floor(int(nbytes), repeats)
     seconds = statistics.median(times)
     return {
-        "kind": f"end-to-end {label}",
+        "model": label,
         "mb": nbytes / 1024**2,
         "workers": workers,
+        "bucket_mb": bucket_mb,
         "seconds": seconds,
         "floor_s": floor_s,
         "ratio_to_floor": seconds / floor_s,
-        "gb_per_s": nbytes / 1024**3 / seconds,
-        "breakdown_s": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
+        "sender_peak_mb": max(s["sender_peak_bytes"] for s in syncs) / 1024**2,
+        "receiver_peak_mb": max(r["peak_bytes"] for r in receivers) / 1024**2,
     }
 
 
@@ -142,41 +84,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes-mb", default="2.4,132,400")
+    parser.add_argument("--models", required=True, help="label=DIR,... (e.g. tiny=A,small=B,medium=C)")
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--bucket-mb", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--models", default="", help="tiny=DIR,small=DIR for the end-to-end part")
     parser.add_argument("--out", default="bench/results/weight_sync.json")
     args = parser.parse_args(argv)
-    sizes = [float(s) for s in args.sizes_mb.split(",")]
-    rows = []
-    for w in (int(x) for x in args.workers.split(",")):
-        rows += raw_broadcast(sizes, w, args.repeats)
-    if args.models:
-        import ray
+    import ray
 
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-        for item in args.models.split(","):
-            label, path = item.split("=", 1)
-            for w in (int(x) for x in args.workers.split(",")):
-                rows.append(end_to_end(path, label, w, args.repeats))
-        ray.shutdown()
-    # x floor: against one copy of the model's bytes; per worker: against one copy per receiver
-    # (each receiver gets, and vLLM reloads, its own copy of the bytes).
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    rows = []
+    for item in args.models.split(","):
+        label, path = item.split("=", 1)
+        for w in (int(x) for x in args.workers.split(",")):
+            rows.append(end_to_end(path, label, w, args.bucket_mb, args.repeats))
+    ray.shutdown()
     print(
-        f"{'kind':<18} {'MB':>8} {'workers':>7} {'seconds':>9} {'floor s':>9} {'x floor':>8} "
-        f"{'per worker':>10} {'GB/s':>7}"
+        f"{'model':<8} {'MB':>7} {'workers':>7} {'bucket MB':>9} {'seconds':>8} {'x floor':>7} "
+        f"{'per worker':>10} {'sender peak MB':>14} {'receiver peak MB':>16}"
     )
     for r in rows:
         r["ratio_per_worker"] = r["ratio_to_floor"] / r["workers"]
         print(
-            f"{r['kind']:<18} {r['mb']:>8.1f} {r['workers']:>7} {r['seconds']:>9.4f} {r['floor_s']:>9.4f} "
-            f"{r['ratio_to_floor']:>8.2f} {r['ratio_per_worker']:>10.2f} {r['gb_per_s']:>7.2f}"
+            f"{r['model']:<8} {r['mb']:>7.1f} {r['workers']:>7} {r['bucket_mb']:>9} {r['seconds']:>8.3f} "
+            f"{r['ratio_to_floor']:>7.2f} {r['ratio_per_worker']:>10.2f} {r['sender_peak_mb']:>14.1f} "
+            f"{r['receiver_peak_mb']:>16.1f}"
         )
-    for r in rows:
-        if "breakdown_s" in r:
-            parts = ", ".join(f"{k[:-2]} {v:.4f}" for k, v in r["breakdown_s"].items())
-            print(f"{r['kind']} x{r['workers']} breakdown (median s): {parts}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

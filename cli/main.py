@@ -33,9 +33,9 @@ def _make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="folder to create (must not exist or be empty)")
     p.add_argument(
         "--size",
-        choices=["tiny", "small"],
+        choices=["tiny", "small", "medium"],
         default="tiny",
-        help="tiny: ~0.6M parameters (tests); small: ~33M (benchmarks)",
+        help="tiny: ~0.6M parameters (tests); small: ~33M, medium: ~100M (benchmarks)",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
 

@@ -13,6 +13,6 @@ from rollout.vllm_engine import RolloutWorker
 
 LearnerActor = ray.remote(Learner)
 RewardActor = ray.remote(RewardScorer)
-# vLLM calls back into the worker during a weight broadcast while generate may be queued:
-# one thread is right (calls run in order), and the broadcast's caller runs concurrently.
-RolloutActor = ray.remote(RolloutWorker)
+# Threaded: a request that arrives during a weight update waits inside the actor (the worker's
+# PolicyGate) while the update's later calls (update, finish) still get a thread to run on.
+RolloutActor = ray.remote(max_concurrency=8)(RolloutWorker)

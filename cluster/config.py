@@ -83,9 +83,11 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    bucket_mb: int = 256
+    """The learner -> rollout weight transfer (vLLM's weight-transfer API; see README)."""
+
+    bucket_mb: int = 256  # the unit streamed: gathered, cast, sent and freed one after another
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # every transfer call and collective; the learner's whole send: 4x + 60
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ class TrainConfig:
     seed: int = 42  # the one seed: data order, model building, learner and engines (derived)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_retries: int = 3  # re-runs of one step's work after a worker dies
+    # Deadlines of the driver's waits: a worker past one is replaced (rollout, reward) or the run
+    # stops with an error naming the setting (learner). Weight updates: sync.timeout_s.
+    generate_timeout_s: float = 1800.0
+    reward_timeout_s: float = 300.0
+    learner_timeout_s: float = 3600.0
 
 
 @dataclass(frozen=True)

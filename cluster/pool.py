@@ -30,6 +30,14 @@ def _answer(_actor) -> bool:
     return True
 
 
+def get_within(futures: list, timeout_s: float, what: str, key: str) -> list:
+    """`ray.get` with a deadline; past it, an error that says what hung and which setting bounds it."""
+    try:
+        return ray.get(futures, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s ({key})") from None
+
+
 def ready(actors: list, timeout_s: float | None = None) -> None:
     """Wait until every actor has started and answers (Ray's documented `__ray_call__`); raises the
     actor's start-up error, or GetTimeoutError."""
@@ -41,7 +49,8 @@ class LearnerGroup:
 
     def __init__(self, config: RunConfig, placement: Placement, model_path: str):
         cfg, wired = config.learner, learner_config(config)
-        self.placement = placement
+        self.placement, self.train = placement, config.train
+        self.sync_deadline_s = 4 * config.sync.timeout_s + 60  # init/start/update/finish, each bounded
         host, port = address_in_bundle(placement, placement.learner_bundles[0])
         self.ranks = [
             LearnerActor.options(**placement.options(bundle, cfg.cpus_per_rank, cfg.gpus_per_rank)).remote(
@@ -53,12 +62,36 @@ class LearnerGroup:
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         n = len(self.ranks)
-        metrics = ray.get([rank.train_step.remote(batch.shard(i, n)) for i, rank in enumerate(self.ranks)])
+        metrics = get_within(
+            [rank.train_step.remote(batch.shard(i, n)) for i, rank in enumerate(self.ranks)],
+            self.train.learner_timeout_s,
+            "the learner step",
+            "train.learner_timeout_s",
+        )
         merged = dict(metrics[0])
         for key in ("loss", "kl", "clip_ratio"):
             merged[key] = sum(m[key] for m in metrics) / n
         merged["responses"] = sum(m["responses"] for m in metrics)
         return merged
+
+    def init_weight_transfer(self, backend: str, init: dict, client, wire_dtype: str) -> None:
+        """Every rank builds its trainer engine; rank 0 meets the receivers (through `client`)."""
+        get_within(
+            [r.init_weight_transfer.remote(backend, init, client, wire_dtype) for r in self.ranks],
+            self.sync_deadline_s,
+            "joining the weight-transfer group",
+            "4 x sync.timeout_s + 60",
+        )
+
+    def send_weights(self, version: int) -> dict[str, Any]:
+        """Rank 0's outcome of one weight update (every rank takes part: ZeRO-3 gathers)."""
+        outcomes = get_within(
+            [r.send_weights.remote(version) for r in self.ranks],
+            self.sync_deadline_s,
+            f"the weight update to version {version} (learner side)",
+            "4 x sync.timeout_s + 60",
+        )
+        return outcomes[0]
 
     def save(self, directory: str, state: dict[str, Any]) -> None:
         ray.get([rank.save.remote(directory, state) for rank in self.ranks])
@@ -102,16 +135,18 @@ class RolloutPool:
             cfg.engine,
             self.config.prompt,
             sub_seed(self.config.train.seed, "rollout", index),
+            weight_transfer=self.backend,
+            wait_s=self.config.sync.timeout_s,
         )
 
     def _replace(self, index: int, reconnect: bool = True) -> None:
-        log.warning("rollout worker %d died; starting a replacement", index)
+        log.warning("rollout worker %d died, hung or failed an update; starting a replacement", index)
         try:
             ray.kill(self.workers[index])
         except Exception:  # noqa: BLE001 - it is already gone
             pass
         self.workers[index] = self._start(index)
-        ready([self.workers[index]])
+        ready([self.workers[index]], timeout_s=self.config.train.generate_timeout_s)
         self.restarts += 1
         if reconnect and self._learner is not None:  # the new worker must hold the current policy first
             self.connect(self._learner)
@@ -143,9 +178,13 @@ class RolloutPool:
             failed = {}
             for i, future in futures.items():
                 try:
-                    for j, result in zip(pending[i], ray.get(future), strict=True):
+                    answer = ray.get(future, timeout=self.config.train.generate_timeout_s)
+                    for j, result in zip(pending[i], answer, strict=True):
                         results[j] = result
                 except DEAD:
+                    failed[i] = pending[i]
+                except ray.exceptions.GetTimeoutError:  # hung: replaced like a dead one
+                    log.warning("rollout worker %d gave no answer within train.generate_timeout_s", i)
                     failed[i] = pending[i]
             if not failed:
                 return results  # type: ignore[return-value]
@@ -163,64 +202,64 @@ class RolloutPool:
         """Completions for every question, spread evenly over the workers; dead workers are replaced."""
         return self.collect(self.submit(questions, sampling, greedy, **kwargs))
 
+    @property
+    def backend(self) -> str:
+        """The weight-transfer backend: NCCL between GPUs, our gloo engine on CPU."""
+        sync = self.config.sync
+        if sync.backend != "auto":
+            return sync.backend
+        return "nccl" if self.config.rollout.gpus_per_worker else "gloo"
+
     def connect(self, learner: LearnerGroup) -> None:
-        """(Re)build the sync group: learner rank 0 is rank 0, worker i is rank i + 1."""
+        """(Re)build the weight-transfer group: learner rank 0 is rank 0, then each engine's workers."""
+        from cluster.sync_client import ReceiverClient
+
         self._learner = learner
         sync = self.config.sync
-        backend = (
-            sync.backend
-            if sync.backend != "auto"
-            else ("nccl" if self.config.rollout.gpus_per_worker else "gloo")
-        )
         host, port = address_in_bundle(self.placement, self.placement.learner_bundles[0])
-        world = len(self.workers) + 1
-        joined = [
-            w.init_weight_sync.remote(host, port, i + 1, world, backend, sync.timeout_s)
-            for i, w in enumerate(self.workers)
-        ]
-        senders = [  # every rank sends (ZeRO-3 gathers collectively); rank 0 joins the group
-            rank.init_weight_sync.remote(host, port, world, backend, sync.timeout_s, sync.bucket_mb * 1024**2)
-            for rank in learner.ranks
-        ]
-        ray.get(senders)
-        ray.get(joined)
+        ranks = [self.config.rollout.engine.tensor_parallel_size] * len(self.workers)
+        init = {
+            "master_address": host,
+            "master_port": port,
+            "world_size": 1 + sum(ranks),
+            "bucket_bytes": sync.bucket_mb * 1024**2,
+            "timeout_s": sync.timeout_s,
+        }
+        client = ReceiverClient(self.workers, ranks, sync.timeout_s)
+        learner.init_weight_transfer(self.backend, init, client, self.config.rollout.engine.dtype)
 
     def broadcast(self, version: int) -> float:
-        """Push the learner's weights to every worker; return the seconds it took.
+        """Push the learner's weights to every worker as `version`; return the seconds it took.
 
-        A worker that dies mid-broadcast breaks the group for everyone (the sender's gloo/NCCL call
-        fails); the dead worker is replaced, the group rebuilt and the broadcast repeated.
+        A receiver that fails or does not answer within `sync.timeout_s` is replaced (its weights
+        may be half old, half new, and its gate stays closed until then), the group is rebuilt and
+        the update re-run whole, so every worker ends on exactly `version`. A transport that
+        cannot work is an error at once: retrying would not help.
         """
         started = time.perf_counter()
-        for _attempt in range(self.config.train.max_retries + 1):
-            received = [w.receive_weights.remote(version) for w in self.workers]
-            sent = [rank.send_weights.remote() for rank in self._learner.ranks]
-            try:
-                senders, receivers = ray.get(sent), ray.get(received)
+        for attempt in range(self.config.train.max_retries + 1):
+            outcome = self._learner.send_weights(version)
+            if outcome["ok"]:
                 self.version = version
-                # Where the time went (the slowest worker), for benchmarks and debugging.
-                self.last_sync = {
-                    "pack_s": senders[0]["pack_s"],
-                    "broadcast_s": senders[0]["broadcast_s"],
-                    **{k: max(r[k] for r in receivers) for k in ("receive_s", "reload_s", "cache_reset_s")},
-                }
+                self.last_sync = {k: outcome[k] for k in ("send_s", "bytes", "sender_peak_bytes")}
                 return time.perf_counter() - started
-            except (*DEAD, ray.exceptions.RayTaskError, ray.exceptions.GetTimeoutError):
-                dead = [i for i, w in enumerate(self.workers) if not self._alive(w)]
-                if not dead:
-                    raise
-                for i in dead:
-                    self._replace(i, reconnect=False)
-                self.connect(self._learner)
-        raise RuntimeError("weight broadcast kept failing")
-
-    @staticmethod
-    def _alive(worker) -> bool:
-        try:
-            ready([worker], timeout_s=30)
-            return True
-        except Exception:  # noqa: BLE001 - any failure to answer means it is gone
-            return False
+            if outcome["fatal"]:
+                raise RuntimeError(f"weight sync to version {version} cannot work: {outcome['error']}")
+            failed = sorted(outcome["failed"]) or list(range(len(self.workers)))
+            log.warning(
+                "weight sync to version %d failed (attempt %d: %s); replacing workers %s and re-running it",
+                version,
+                attempt + 1,
+                outcome["error"],
+                failed,
+            )
+            for i in failed:
+                self._replace(i, reconnect=False)
+            self.connect(self._learner)
+        raise RuntimeError(
+            f"weight sync to version {version} kept failing; gave up after "
+            f"{self.config.train.max_retries} retries"
+        )
 
     def versions(self) -> list[int]:
         return ray.get([w.get_policy_version.remote() for w in self.workers])
@@ -252,14 +291,16 @@ class RewardPool:
             dead = []
             for i, future in futures.items():
                 try:
-                    for j, score in zip(shares[i], ray.get(future), strict=True):
+                    answer = ray.get(future, timeout=self.config.train.reward_timeout_s)
+                    for j, score in zip(shares[i], answer, strict=True):
                         out[j] = score
-                except DEAD:
+                except (*DEAD, ray.exceptions.GetTimeoutError):
                     dead.append(i)
             if not dead:
                 return out
             for i in dead:
-                log.warning("reward actor %d died; starting a replacement", i)
+                log.warning("reward actor %d died or hung; starting a replacement", i)
+                ray.kill(self.actors[i])
                 self.actors[i] = self._start(self.placement.reward_bundles[i])
                 self.restarts += 1
         raise RuntimeError("reward actors kept dying")

@@ -169,19 +169,20 @@ class Learner:
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.step = 0
-        self._sender = None  # the weight broadcast's sending side (init_weight_sync)
+        self._sender = None  # the weight transfer's trainer engine (init_weight_transfer)
 
     @property
     def model(self):
         return self.engine.module
 
-    def gathered(self):
-        """A context in which every parameter is whole on every rank (ZeRO-3 gathers its partitions;
-        other stages hold them whole already). Collective: all ranks enter it together."""
+    def gathered(self, params: list | None = None):
+        """A context in which `params` (default: all) are whole on every rank (ZeRO-3 gathers their
+        partitions; other stages hold them whole already). Collective: all ranks enter it together."""
         if self.config.parallel.zero_stage == 3:
             import deepspeed
 
-            return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+            chosen = list(self.model.parameters()) if params is None else params
+            return deepspeed.zero.GatheredParameters(chosen, modifier_rank=None)
         return contextlib.nullcontext()
 
     def _micro_batches(self, batch: LearnerBatch) -> list[list[int]]:
@@ -325,27 +326,23 @@ class Learner:
             else 0.0
         )
 
-    # -- weight broadcast to the rollout pool (rank 0 is the sender) ----------------------------------
+    # -- weight transfer to the rollout pool (vLLM's trainer engines; rank 0 sends) ------------------
 
-    def init_weight_sync(
-        self, host: str, port: int, world_size: int, backend: str, timeout_s: float, bucket_bytes: int
-    ) -> None:
-        """Every rank takes part in sending; rank 0 joins the sync group as its rank 0. A rebuilt
-        group (a worker was replaced) keeps the plan, and shares it with the new group."""
-        from learner.weight_sync import WeightSender
-        from rollout.weight_sync import SyncGroup
+    def init_weight_transfer(self, backend: str, init: dict[str, Any], client, wire_dtype: str) -> None:
+        """Build this rank's trainer engine (again after a receiver was replaced). `client` reaches
+        the receivers (rank 0 only uses it); `wire_dtype` is the rollout engines' dtype."""
+        from learner.weight_source import WeightSender
 
-        group = SyncGroup(host, port, 0, world_size, backend, timeout_s) if self.rank == 0 else None
+        if self._sender is not None:
+            self._sender.shutdown()
+        self._sender = WeightSender(self, backend, init, client, wire_dtype)
+
+    def send_weights(self, version: int) -> dict[str, Any]:
+        """Collective over the learner ranks (ZeRO-3 gathers group by group); rank 0 sends. Returns
+        the outcome (`WeightSender.send`)."""
         if self._sender is None:
-            self._sender = WeightSender(group, bucket_bytes)
-        else:
-            self._sender.group = group
-
-    def send_weights(self) -> dict[str, float]:
-        """Collective over the learner ranks (ZeRO-3 gathers); rank 0 broadcasts. Returns timings."""
-        if self._sender is None:
-            raise RuntimeError("init_weight_sync was not called")
-        return self._sender.send(self)
+            raise RuntimeError("init_weight_transfer was not called")
+        return self._sender.send(version)
 
     def flat_parameters(self) -> np.ndarray:
         """All weights as one float32 vector (tests compare ranks and runs with it)."""

@@ -2,8 +2,10 @@
 
 A plain class; `cluster/` wraps it as a Ray actor, and `audio-grpo eval` uses it directly. It
 loads each clip once per request, renders R1-AQA's prompt, and asks vLLM for `n` samples per
-question. Its weights are replaced in place by the learner's broadcasts (`rollout.weight_sync`),
-each of which bumps `policy_version`.
+question. Its weights are replaced in place through vLLM's weight-transfer API (the learner drives
+`init_weight_transfer_engine`, `start_weight_update`, `update_weights`, `finish_weight_update`;
+`rollout.weight_transfer` is the CPU backend); each finished update sets `policy_version`, and
+a `PolicyGate` keeps generation away from a half-updated model.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rollout.audio import SAMPLE_RATE, AudioError, load_audio
+from rollout.policy_gate import PolicyGate
 from rollout.prompt import PromptConfig, render_prompt
 from rollout.question import AudioQuestion, Completion, RolloutResult
 from rollout.sampling import SamplingConfig, forbidden_token_ids, vllm_sampling_params
@@ -64,7 +67,11 @@ class RolloutWorker:
         engine: EngineConfig = EngineConfig(),
         prompt: PromptConfig = PromptConfig(),
         seed: int = 0,
+        weight_transfer: str = "",
+        wait_s: float = 600.0,
     ):
+        """`weight_transfer`: the backend of vLLM's weight transfer ("gloo", "nccl"; "" = none).
+        `wait_s`: how long a request waits for a weight update in progress."""
         vllm_env(engine)
         if engine.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -72,12 +79,13 @@ class RolloutWorker:
         from vllm import LLM
 
         self.model_path, self.prompt = model_path, prompt
-        self.llm = LLM(
-            **engine_args(model_path, engine, seed, worker_extension_cls="rollout.weight_sync.WeightReceiver")
-        )
+        extra = {"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}
+        self.llm = LLM(**engine_args(model_path, engine, seed, **extra))
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.forbidden = forbidden_token_ids(self.processor.tokenizer)
         self.policy_version = 0
+        self.gate, self.wait_s = PolicyGate(), wait_s
+        self._session: str | None = None  # this update's receive: "receiving", "received", "failed"
 
     def generate(
         self,
@@ -100,11 +108,12 @@ class RolloutWorker:
             requests.append({"prompt": prompt, "multi_modal_data": {"audio": (wave, SAMPLE_RATE)}})
             owners.append(i)
         if requests:
-            outputs = self.llm.generate(
-                requests,
-                vllm_sampling_params(sampling, self.forbidden, greedy=greedy, logprobs=want_logprobs),
-                use_tqdm=False,
-            )
+            with self.gate.generating(self.wait_s):
+                outputs = self.llm.generate(
+                    requests,
+                    vllm_sampling_params(sampling, self.forbidden, greedy=greedy, logprobs=want_logprobs),
+                    use_tqdm=False,
+                )
             for owner, output in zip(owners, outputs, strict=True):
                 for sample in output.outputs:
                     logprobs = None
@@ -118,24 +127,71 @@ class RolloutWorker:
                     )
         return results
 
-    # -- weight sync -------------------------------------------------------------------------------
+    # -- vLLM's weight-transfer protocol (the learner's trainer engine calls these) -----------------
 
-    def init_weight_sync(
-        self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float
-    ) -> None:
-        """Join the learner's broadcast group (the weight plan comes over it with the first update)."""
-        self.llm.collective_rpc("init_weight_sync", args=(host, port, rank, world_size, backend, timeout_s))
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's transfer group (again, after a worker was replaced)."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
 
-    def receive_weights(self, version: int) -> dict[str, Any]:
-        """Block until the learner's broadcast has arrived and been applied; return timings."""
-        started = time.perf_counter()
-        timings = self.llm.collective_rpc("receive_weights")[0]
-        applied = time.perf_counter()
+    def start_weight_update(self) -> None:
+        """Open an update: new requests wait, the ones in flight finish first. After an update that
+        the sender abandoned (another receiver failed), this one goes on from where it stands."""
+        self.gate.open_update(self.wait_s)
+        deadline = time.monotonic() + self.wait_s
+        while self._session == "receiving" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the abandoned receive ends at its collective's timeout
+        if self._session == "receiving":
+            raise TimeoutError(f"the previous weight update still receives after {self.wait_s:.0f}s")
+        self.gate.require_update()  # raises if that receive failed (the gate is broken then)
+        if self._session == "received":  # complete weights, never finished: close vLLM's session
+            self.llm.finish_weight_update()
+        self._session = None
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receive and load the update's weights (vLLM's layer-wise reload, in one session; vLLM's
+        session opens only now, so a sender that fails before sending touches no weight)."""
+        self.gate.require_update()
+        self._session = "receiving"
+        try:
+            self.llm.start_weight_update()
+            self.llm.update_weights({"update_info": update_info})
+        except BaseException as err:
+            self.gate.fail_update(f"weight update failed half-way: {type(err).__name__}: {err}")
+            raise
+        finally:
+            self._session = "received" if self.gate.broken is None else "failed"
+
+    def finish_weight_update(self, version: int) -> None:
+        """Finish the session, drop caches computed with the old weights, adopt `version`."""
+        self.gate.require_update()
+        try:
+            self.llm.finish_weight_update()
+        except BaseException as err:
+            self.gate.fail_update(f"weight update failed to finish: {type(err).__name__}: {err}")
+            raise
+        self._session = None
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()  # else the next audio request dies: "Encoder cache miss"
         self.policy_version = version
-        end = time.perf_counter()
-        return {**timings, "seconds": end - started, "cache_reset_s": end - applied, "version": version}
+        self.gate.close_update()
+
+    def set_sync_fault(self, kind: str | None, after_chunks: int = 0) -> None:
+        """Test hook: make this worker's next receive fail (`rollout.weight_transfer.set_fault`)."""
+        self.llm.collective_rpc(_set_fault, args=(kind, after_chunks))
+
+    def transfer_stats(self) -> dict[str, float]:
+        """Peak bytes of transfer buffers alive at once during the last update, per vLLM worker."""
+        return {"peak_bytes": float(max(self.llm.collective_rpc(_peak_bytes)))}
 
     def get_policy_version(self) -> int:
         return self.policy_version
+
+
+def _set_fault(worker, kind, after_chunks) -> None:
+    from rollout.weight_transfer import set_fault
+
+    set_fault(kind, after_chunks)
+
+
+def _peak_bytes(worker) -> int:
+    return worker.weight_transfer_engine.stats.peak

@@ -1,0 +1,344 @@
+"""A gloo backend for vLLM's weight-transfer API, so CPU runs move weights the way GPU runs do.
+
+vLLM ships NCCL (and CUDA IPC) engines for its weight-transfer protocol: the trainer calls
+`start_weight_update`, `update_weights` (one or more chunks) and `finish_weight_update` on the
+inference engines, which reload the received weights layer by layer inside one session. Those
+engines need CUDA. This module adds the same protocol over torch's gloo process group, registered
+in vLLM's engine registries under the name "gloo" by the general-plugin entry point
+`audio_grpo_gloo` (pyproject.toml), which vLLM loads in every process it starts.
+
+Wire format (both sides derive it from the update's metadata, so nothing else travels):
+1. a handshake: [MAGIC, parameter count, total bytes], which the receivers check before they touch
+   any weight (a broken transport or a different plan is an error, never wrong weights);
+2. chunks of about `bucket_bytes`: consecutive parameters packed as bytes, cut after the parameter
+   that crosses the limit (vLLM's packed NCCL rule). The receiver allocates one chunk at a time and
+   hands views of it to the model's loader; memory is bounded by a few chunks, never the model.
+
+Fault hooks (`set_fault`) are ours, for tests: a receiver that raises or hangs after N chunks, a
+sender whose transport is disabled.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import ClassVar
+
+import torch
+from vllm.distributed.weight_transfer.base import (
+    ParamMeta,
+    TrainerInitInfo,
+    TrainerWeightTransferEngine,
+    WeightTransferEngine,
+    WeightTransferInitInfo,
+    WeightTransferUpdateInfo,
+)
+
+DEFAULT_BUCKET_BYTES = 256 * 1024**2
+MAGIC = 0x5EED
+BACKEND = "gloo"
+FAULT: dict = {"kind": None, "after_chunks": 0}  # see set_fault
+
+
+def set_fault(kind: str | None, after_chunks: int = 0) -> None:
+    """Test hook for this process: "raise" or "hang" (receiver, after `after_chunks` chunks),
+    "disable" (the sender's transport reports itself disabled, as PyNccl does), None to clear."""
+    FAULT.update(kind=kind, after_chunks=after_chunks)
+
+
+def register() -> None:
+    """vLLM general-plugin entry point: add the gloo engines to vLLM's registries (idempotent)."""
+    from vllm.distributed.weight_transfer.factory import (
+        WeightTransferEngineFactory,
+        WeightTransferTrainerFactory,
+    )
+
+    if BACKEND not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine(BACKEND, __name__, "GlooWeightTransferEngine")
+    if BACKEND not in WeightTransferTrainerFactory._registry:
+        WeightTransferTrainerFactory.register_engine(BACKEND, __name__, "GlooTrainerWeightTransferEngine")
+
+
+# -- the plan both sides derive from the metadata ------------------------------------------------
+
+
+def nbytes(shape, dtype: torch.dtype) -> int:
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    return numel * dtype.itemsize
+
+
+def plan_chunks(sizes: list[int], bucket_bytes: int) -> list[range]:
+    """Consecutive index ranges; a chunk closes after the tensor that takes it past `bucket_bytes`."""
+    chunks, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total > bucket_bytes:
+            chunks.append(range(start, i + 1))
+            start, total = i + 1, 0
+    if start < len(sizes):
+        chunks.append(range(start, len(sizes)))
+    return chunks
+
+
+class BufferStats:
+    """Peak bytes of transfer buffers alive at once (a tensor counts until its last view is gone)."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def hold(self, n: int) -> None:
+        self.live += n
+        self.peak = max(self.peak, self.live)
+
+    def release(self, n: int) -> None:
+        self.live -= n
+
+    def track(self, tensor: torch.Tensor) -> None:
+        n = tensor.numel() * tensor.element_size()
+        self.hold(n)
+        weakref.finalize(tensor, self.release, n)
+
+    def reset(self) -> None:
+        self.peak = self.live
+
+
+class GlooGroup:
+    """A private gloo group (rank 0: the trainer) over its own TCPStore, with a timeout on every
+    operation, apart from vLLM's and DeepSpeed's torch.distributed state."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float):
+        from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
+
+        timeout = timedelta(seconds=timeout_s)
+        self.rank, self.world_size = rank, world_size
+        self.store = TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout)
+        options = ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [ProcessGroupGloo.create_device(hostname=host)]
+        self.group = ProcessGroupGloo(PrefixStore("weights", self.store), rank, world_size, options)
+
+    @property
+    def disabled(self) -> bool:  # the attribute vLLM's PyNccl sets when it cannot work
+        return FAULT["kind"] == "disable"
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        self.group.broadcast(tensor, 0).wait()
+
+
+def _handshake(metas: list[ParamMeta]) -> torch.Tensor:
+    return torch.tensor([MAGIC, len(metas), sum(nbytes(m.shape, m.dtype) for m in metas)], dtype=torch.int64)
+
+
+# -- the inference side (inside vLLM's worker) ----------------------------------------------------
+
+
+@dataclass
+class GlooInitInfo(WeightTransferInitInfo):
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    timeout_s: float = 600.0
+
+
+@dataclass
+class GlooUpdateInfo(WeightTransferUpdateInfo):
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+
+    def metas(self) -> list[ParamMeta]:
+        return [
+            ParamMeta(n, getattr(torch, d), tuple(s))
+            for n, d, s in zip(self.names, self.dtype_names, self.shapes, strict=True)
+        ]
+
+
+class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
+    """Worker side: receive chunks and load them with vLLM's layer-wise reload (one session per
+    update, opened only after the handshake proved the transport and the plan)."""
+
+    init_info_cls = GlooInitInfo
+    update_info_cls = GlooUpdateInfo
+
+    def __init__(self, config, vllm_config, device, model):
+        super().__init__(config, vllm_config, device, model)
+        self.group: GlooGroup | None = None
+        self.bucket_bytes = DEFAULT_BUCKET_BYTES
+        self.stats = BufferStats()
+        self._reloading = False
+
+    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+        self.shutdown()
+        rank = init_info.rank_offset + self.parallel_config.rank
+        self.bucket_bytes = init_info.bucket_bytes
+        self.group = GlooGroup(
+            init_info.master_address, init_info.master_port, rank, init_info.world_size, init_info.timeout_s
+        )
+
+    def start_weight_update(self) -> None:
+        self._reloading = False  # the layer-wise session opens in receive_weights, after the handshake
+        self.stats.reset()
+
+    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        if self.group is None:
+            raise RuntimeError("gloo weight transfer not initialised: call init_transfer_engine first")
+        metas = update_info.metas()
+        got = torch.zeros(3, dtype=torch.int64)
+        self.group.broadcast(got)
+        if not torch.equal(got, _handshake(metas)):
+            raise RuntimeError(
+                f"weight-transfer handshake mismatch: sender {got.tolist()}, expected "
+                f"{_handshake(metas).tolist()} (a different plan, or a broken transport)"
+            )
+        initialize_layerwise_reload(self.model)
+        self._reloading = True
+        sizes = [nbytes(m.shape, m.dtype) for m in metas]
+        for index, chunk in enumerate(plan_chunks(sizes, self.bucket_bytes)):
+            _receiver_fault(index)
+            buffer = torch.empty(sum(sizes[i] for i in chunk), dtype=torch.uint8)
+            self.stats.track(buffer)
+            self.group.broadcast(buffer)
+            views, offset = [], 0
+            for i in chunk:
+                m = metas[i]
+                views.append((m.name, buffer[offset : offset + sizes[i]].view(m.dtype).view(m.shape)))
+                offset += sizes[i]
+            del buffer  # the loader keeps the views it still needs (an incomplete layer)
+            self.model.load_weights(views)
+
+    def finish_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        if self._reloading:
+            finalize_layerwise_reload(self.model, self.model_config)
+            self._reloading = False
+
+    def shutdown(self) -> None:
+        self.group = None  # gloo closes its connections when the group is collected
+
+
+def _receiver_fault(chunk: int) -> None:
+    if FAULT["kind"] in ("raise", "hang") and chunk >= FAULT["after_chunks"]:
+        if FAULT["kind"] == "raise":
+            raise RuntimeError(f"injected fault: receiver fails at chunk {chunk}")
+        time.sleep(3600)  # "hang": the sender and the driver must not wait for us
+
+
+# -- the trainer side ---------------------------------------------------------------------------
+
+
+class TransportError(RuntimeError):
+    """The weight transport cannot work (disabled or broken communicator): nothing was sent."""
+
+
+@dataclass
+class GlooTrainerInitInfo(TrainerInitInfo):
+    backend: ClassVar[str] = BACKEND
+
+    master_address: str
+    master_port: int
+    world_size: int
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    timeout_s: float = 600.0
+
+
+class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
+    """Trainer side, the shape of vLLM's NCCL trainer engine: rank 0 drives the inference side
+    through `client` and broadcasts; every rank iterates the source (ZeRO-3 gathers together)."""
+
+    init_info_cls = GlooTrainerInitInfo
+
+    def __init__(self, *, client, source, is_sender: bool, init_info: GlooTrainerInitInfo):
+        super().__init__(client=client, source=source, is_sender=is_sender)
+        self.info = init_info
+        self.group: GlooGroup | None = None
+        self.stats = BufferStats()
+
+    @classmethod
+    def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client, source=None):
+        if source is None:
+            raise ValueError("the gloo trainer engine needs a WeightSource")
+        engine = cls(client=client, source=source, is_sender=init_info.is_sender, init_info=init_info)
+        if not engine.is_sender:
+            return engine
+        worker = GlooInitInfo(
+            init_info.master_address,
+            init_info.master_port,
+            rank_offset=1,
+            world_size=init_info.world_size,
+            bucket_bytes=init_info.bucket_bytes,
+            timeout_s=init_info.timeout_s,
+        )
+        with ThreadPoolExecutor(max_workers=1) as exe:  # both sides meet in the store: concurrently
+            joined = exe.submit(client.init_weight_transfer_engine, asdict(worker))
+            engine.group = GlooGroup(
+                init_info.master_address, init_info.master_port, 0, init_info.world_size, init_info.timeout_s
+            )
+            joined.result()
+        return engine
+
+    def send_weights(self) -> None:
+        meta = self.source.metadata()
+        if not self.is_sender:
+            for _ in self.source:  # only the gathers, in step with the sender
+                pass
+            return
+        if self.group is None or self.group.disabled:
+            raise TransportError("the gloo weight transport is disabled; no weight was sent")
+        update = GlooUpdateInfo(
+            [m.name for m in meta],
+            [str(m.dtype).removeprefix("torch.") for m in meta],
+            [list(m.shape) for m in meta],
+        )
+        self.stats.reset()
+        self.client.start_weight_update()
+        exe = ThreadPoolExecutor(max_workers=1)
+        try:
+            received = exe.submit(self.client.update_weights, asdict(update))
+            try:
+                self._broadcast(meta)
+            except BaseException:
+                received.result()  # the receivers' outcome first: it names who failed
+                raise
+            received.result()
+        finally:
+            exe.shutdown(wait=False)  # a receiver stuck in a collective must not hang us here
+        self.client.finish_weight_update()
+
+    def _broadcast(self, meta: list[ParamMeta]) -> None:
+        self.group.broadcast(_handshake(meta))
+        sizes = [nbytes(m.shape, m.dtype) for m in meta]
+        stream = iter(self.source)
+        for chunk in plan_chunks(sizes, self.info.bucket_bytes):
+            parts = []
+            for i in chunk:
+                name, tensor = next(stream)
+                if (
+                    name != meta[i].name
+                    or tensor.dtype != meta[i].dtype
+                    or tuple(tensor.shape) != meta[i].shape
+                ):
+                    raise ValueError(
+                        f"the weight source yielded {name!r} {tensor.dtype} {tuple(tensor.shape)}, "
+                        f"its metadata declared {meta[i]}"
+                    )
+                parts.append(tensor.contiguous().view(-1).view(torch.uint8))
+            packed = torch.cat(parts)
+            del parts
+            self.stats.track(packed)
+            self.group.broadcast(packed)
+            del packed
+        for name, _ in stream:  # also closes the source's last gather
+            raise ValueError(f"the weight source yielded {name!r} beyond its metadata")
+
+    def shutdown(self) -> None:
+        self.group = None
