@@ -77,6 +77,18 @@ def end_to_end(model_dir: str, label: str, workers: int, bucket_mb: int, repeats
         "ratio_to_floor": seconds / floor_s,
         "sender_peak_mb": max(s["sender_peak_bytes"] for s in syncs) / 1024**2,
         "receiver_peak_mb": max(r["peak_bytes"] for r in receivers) / 1024**2,
+        "breakdown_s": {
+            **{
+                k: statistics.median(s[k] for s in syncs)
+                for k in syncs[0]
+                if k.startswith("sender_") and k.endswith("_s")
+            },
+            **{
+                f"receiver_{k}": statistics.median(r[k] for r in receivers)
+                for k in receivers[0]
+                if k.endswith("_s")
+            },
+        },
     }
 
 
@@ -110,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio_to_floor']:>7.2f} {r['ratio_per_worker']:>10.2f} {r['sender_peak_mb']:>14.1f} "
             f"{r['receiver_peak_mb']:>16.1f}"
         )
+    for r in rows:
+        parts = ", ".join(f"{k[:-2]} {v:.3f}" for k, v in r["breakdown_s"].items())
+        print(f"{r['model']} x{r['workers']} (median s): {parts}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

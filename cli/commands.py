@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import replace
@@ -115,6 +116,11 @@ def _config(args: argparse.Namespace):
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "max_steps", None) is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
+    if getattr(args, "serve", False):
+        overrides.append("serve.enabled=true")
+    for key in ("host", "port"):
+        if getattr(args, f"serve_{key}", None) is not None:
+            overrides.append(f"serve.{key}={getattr(args, f'serve_{key}')}")
     if getattr(args, "resume", None):
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
@@ -157,6 +163,18 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace, host: str) -> str | None:
+    """The endpoint's bearer token (--token, else $AUDIO_GRPO_TOKEN); warns when none guards a
+    port beyond loopback."""
+    token = getattr(args, "token", None) or os.environ.get("AUDIO_GRPO_TOKEN") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(
+            "warning: serving beyond loopback without --token: anyone who can reach the port can use it",
+            file=sys.stderr,
+        )
+    return token
+
+
 def train(args: argparse.Namespace) -> int:
     from cluster.driver import train as run_training
 
@@ -164,7 +182,17 @@ def train(args: argparse.Namespace) -> int:
     config = _config(args)
     run_dir = Path(args.resume or args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_assets(config)
-    run_training(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    start_endpoint = None
+    if config.serve.enabled:
+        from cluster.config import expand_path, weight_transfer_backend
+        from deploy.live import endpoint_starter
+
+        token = _token(args, config.serve.host)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        model = str(expand_path(config.model.path))
+        start_endpoint = endpoint_starter(config, model, run_dir, token, weight_transfer_backend(config))
+    progress = not args.no_progress
+    run_training(config, run_dir, resume=bool(args.resume), progress=progress, start_endpoint=start_endpoint)
     summary = json.loads((run_dir / "summary.json").read_text())
     print(
         f"run directory: {summary['run_dir']}\ncheckpoint:    {summary['checkpoint']}\n"
@@ -221,7 +249,6 @@ def _run_config(run_dir: Path, timeout_s: float = 3600.0):
 
 
 def serve(args: argparse.Namespace) -> int:
-    import os
 
     import uvicorn
 
@@ -234,12 +261,7 @@ def serve(args: argparse.Namespace) -> int:
     _logging()
     if (args.model is None) == (args.run_dir is None):
         raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
-    token = args.token or os.environ.get("AUDIO_GRPO_TOKEN") or None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(
-            "warning: serving beyond loopback without --token: anyone who can reach the port can use it",
-            file=sys.stderr,
-        )
+    token = _token(args, args.host)
     if args.run_dir:  # answer exactly as the run trains: its engine, prompt style and sampling
         if args.thinking:
             raise ValueError("--thinking is for --model: with --run-dir the run's prompt.thinking applies")

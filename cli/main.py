@@ -81,6 +81,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the current policy over HTTP while training (a Ray actor, one more receiver of "
+        "each weight update); its address is printed and written to RUN_DIR/endpoint.json",
+    )
+    p.add_argument("--serve-host", default=None, help="default: serve.host (127.0.0.1)")
+    p.add_argument("--serve-port", type=int, default=None, help="default: serve.port (8000)")
+    p.add_argument("--token", default=None, help="bearer token for the endpoint (or $AUDIO_GRPO_TOKEN)")
 
 
 def _evaluation_args(p: argparse.ArgumentParser) -> None:

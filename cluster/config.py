@@ -91,6 +91,17 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The live endpoint inside the training job (`train --serve`): one more receiver of every
+    weight update, on its own placement bundle the size of a rollout worker's. Its bearer token
+    comes from --token or $AUDIO_GRPO_TOKEN, never from this file (config.yaml is written to disk)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     questions_per_step: int = 16  # R1-AQA: 8 GPUs x 1 question x 2 accumulation steps; x n completions
     max_steps: int = 1000
@@ -124,6 +135,7 @@ class RunConfig:
     learner: LearnerGroupConfig = field(default_factory=LearnerGroupConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -131,6 +143,13 @@ def sub_seed(seed: int, role: str, index: int = 0) -> int:
     """A seed for one consumer of the run's seed (`role`, e.g. "rollout", and its index): distinct
     per consumer, the same on every run with the same `train.seed`."""
     return (seed * 1_000_003 + zlib.crc32(role.encode()) + index) % 2**31
+
+
+def weight_transfer_backend(config: RunConfig) -> str:
+    """vLLM weight-transfer backend: `sync.backend`, or with "auto" NCCL between GPUs, else gloo."""
+    if config.sync.backend != "auto":
+        return config.sync.backend
+    return "nccl" if config.rollout.gpus_per_worker else "gloo"
 
 
 def learner_config(config: RunConfig) -> LearnerConfig:

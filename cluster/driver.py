@@ -95,9 +95,9 @@ def _progress_bar(config: RunConfig, start: int, enabled: bool):
     )
 
 
-def _start_actors(config: RunConfig):
-    """The placement group, then the learner ranks, the rollout pool (joined to the learner's weight
-    broadcast) and the reward actors."""
+def _start_actors(config: RunConfig, start_endpoint=None):
+    """The placement group, then the learner ranks, the rollout pool (and the live endpoint, if
+    any: both joined to the learner's weight transfer) and the reward actors."""
     from cluster.placement import make_placement
     from cluster.pool import LearnerGroup, RewardPool, RolloutPool
 
@@ -105,7 +105,7 @@ def _start_actors(config: RunConfig):
     model = str(expand_path(config.model.path))
     placement = make_placement(config)
     learner = LearnerGroup(config, placement, model)
-    pool = RolloutPool(config, placement, model)
+    pool = RolloutPool(config, placement, model, start_endpoint)
     rewards = RewardPool(config, placement)
     pool.connect(learner)
     return placement, learner, pool, rewards
@@ -124,15 +124,19 @@ def _resume(run_dir: Path, learner, pool) -> tuple[int, int, Path | None]:
     return start, position, checkpoint
 
 
-def train(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Run GRPO to `train.max_steps` (from the last checkpoint with `resume`); returns `run_dir`."""
+def train(
+    config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True, start_endpoint=None
+) -> Path:
+    """Run GRPO to `train.max_steps` (from the last checkpoint with `resume`); returns `run_dir`.
+    `start_endpoint(options) -> actor`: the live endpoint (`deploy.live.endpoint_starter`), which
+    receives every weight update like a rollout worker (with `serve.enabled`)."""
     from cluster.metrics import MetricsSink
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     train_set, eval_set, skipped_rows = _load_data(config)
     train_cfg, sampling = config.train, config.sampling
-    placement, learner, pool, rewards = _start_actors(config)
+    placement, learner, pool, rewards = _start_actors(config, start_endpoint)
     start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
     draw = _question_source(train_set, config, position)
     queue = RolloutQueue(pool, draw, sampling, ahead=train_cfg.overlap_rollout)
@@ -204,7 +208,7 @@ def _finish(run_dir: Path, checkpoint, placement, learner, pool, rewards) -> Non
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "metrics": str(run_dir / "metrics.jsonl"),
-        "rollout_policy_versions": pool.versions(),
+        "rollout_policy_versions": pool.versions(),  # the live endpoint's last, when serving
         "peak_rss_mib": peak_memory(learner, pool, rewards),
     }
     ray.util.remove_placement_group(placement.group)

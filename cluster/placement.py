@@ -1,6 +1,7 @@
 """Placement: where every actor runs, decided in this one place.
 
-One placement group holds a bundle per learner rank, per rollout worker and per reward actor. An
+One placement group holds a bundle per learner rank, per rollout worker, per reward actor and, with
+`serve.enabled`, one for the live endpoint (the size of a rollout worker's). An
 actor that dies is replaced in its own bundle, so a replacement never competes for resources.
 """
 
@@ -22,6 +23,7 @@ class Placement:
     learner_bundles: list[int]
     rollout_bundles: list[int]
     reward_bundles: list[int]
+    serve_bundles: list[int]
 
     def options(self, bundle: int, cpus: float, gpus: float) -> dict:
         """`.options(...)` for an actor pinned to `bundle`."""
@@ -43,6 +45,7 @@ def required_cpus(config: RunConfig) -> float:
         config.learner.num_ranks * config.learner.cpus_per_rank
         + config.rollout.num_workers * config.rollout.cpus_per_worker
         + config.reward.num_actors * 0.1
+        + (config.rollout.cpus_per_worker if config.serve.enabled else 0)
     )
 
 
@@ -51,6 +54,8 @@ def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
     bundles = [_bundle(learner.cpus_per_rank, learner.gpus_per_rank) for _ in range(learner.num_ranks)]
     bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker) for _ in range(rollout.num_workers)]
     bundles += [_bundle(0.1, 0) for _ in range(config.reward.num_actors)]
+    n_serve = int(config.serve.enabled)
+    bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker) for _ in range(n_serve)]
     group = placement_group(
         bundles, strategy=config.train.placement_strategy, name=f"audio-grpo-{config.name}"
     )
@@ -61,11 +66,13 @@ def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
             f"within {timeout_s:.0f} s; available: {ray.available_resources()}"
         )
     n_learn, n_roll = learner.num_ranks, rollout.num_workers
+    n_fixed = n_learn + n_roll + config.reward.num_actors
     return Placement(
         group,
         list(range(n_learn)),
         list(range(n_learn, n_learn + n_roll)),
-        list(range(n_learn + n_roll, len(bundles))),
+        list(range(n_learn + n_roll, n_fixed)),
+        list(range(n_fixed, len(bundles))),
     )
 
 

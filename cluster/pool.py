@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from cluster.actors import LearnerActor, RewardActor, RolloutActor
-from cluster.config import RunConfig, learner_config, sub_seed
+from cluster.config import RunConfig, learner_config, sub_seed, weight_transfer_backend
 from cluster.placement import Placement, address_in_bundle
 from learner.learner import LearnerBatch
 from rollout.question import AudioQuestion, RolloutResult
@@ -117,10 +118,16 @@ class Rollouts:
 class RolloutPool:
     """The rollout workers, the weight-sync group they share with learner rank 0, and recovery."""
 
-    def __init__(self, config: RunConfig, placement: Placement, model_path: str):
+    def __init__(
+        self, config: RunConfig, placement: Placement, model_path: str, start_endpoint: Callable | None = None
+    ):
+        """`start_endpoint(options) -> actor`: the live endpoint (`deploy.live`), started on its
+        bundle and made one more receiver of every weight update; None: no endpoint."""
         self.config, self.placement, self.model_path = config, placement, model_path
         self.workers = [self._start(i) for i in range(len(placement.rollout_bundles))]
         ready(self.workers)
+        self._start_endpoint = start_endpoint
+        self.endpoint = self._endpoint() if start_endpoint else None
         self.restarts = 0
         self.version = 0
         self.last_sync: dict[str, float] = {}
@@ -138,6 +145,24 @@ class RolloutPool:
             weight_transfer=self.backend,
             wait_s=self.config.sync.timeout_s,
         )
+
+    def _endpoint(self):
+        cfg = self.config.rollout
+        bundle = self.placement.serve_bundles[0]
+        return self._start_endpoint(self.placement.options(bundle, cfg.cpus_per_worker, cfg.gpus_per_worker))
+
+    @property
+    def receivers(self) -> list:
+        """Everyone a weight update reaches: the rollout workers, then the live endpoint if any."""
+        return self.workers + ([self.endpoint] if self.endpoint is not None else [])
+
+    def _replace_receiver(self, index: int) -> None:
+        if index < len(self.workers):
+            return self._replace(index, reconnect=False)
+        log.warning("the live endpoint died, hung or failed an update; starting a replacement")
+        ray.kill(self.endpoint)
+        self.endpoint = self._endpoint()
+        self.restarts += 1
 
     def _replace(self, index: int, reconnect: bool = True) -> None:
         log.warning("rollout worker %d died, hung or failed an update; starting a replacement", index)
@@ -204,11 +229,7 @@ class RolloutPool:
 
     @property
     def backend(self) -> str:
-        """The weight-transfer backend: NCCL between GPUs, our gloo engine on CPU."""
-        sync = self.config.sync
-        if sync.backend != "auto":
-            return sync.backend
-        return "nccl" if self.config.rollout.gpus_per_worker else "gloo"
+        return weight_transfer_backend(self.config)
 
     def connect(self, learner: LearnerGroup) -> None:
         """(Re)build the weight-transfer group: learner rank 0 is rank 0, then each engine's workers."""
@@ -217,7 +238,7 @@ class RolloutPool:
         self._learner = learner
         sync = self.config.sync
         host, port = address_in_bundle(self.placement, self.placement.learner_bundles[0])
-        ranks = [self.config.rollout.engine.tensor_parallel_size] * len(self.workers)
+        ranks = [self.config.rollout.engine.tensor_parallel_size] * len(self.receivers)
         init = {
             "master_address": host,
             "master_port": port,
@@ -225,7 +246,7 @@ class RolloutPool:
             "bucket_bytes": sync.bucket_mb * 1024**2,
             "timeout_s": sync.timeout_s,
         }
-        client = ReceiverClient(self.workers, ranks, sync.timeout_s)
+        client = ReceiverClient(self.receivers, ranks, sync.timeout_s)
         learner.init_weight_transfer(self.backend, init, client, self.config.rollout.engine.dtype)
 
     def broadcast(self, version: int) -> float:
@@ -241,13 +262,13 @@ class RolloutPool:
             outcome = self._learner.send_weights(version)
             if outcome["ok"]:
                 self.version = version
-                self.last_sync = {k: outcome[k] for k in ("send_s", "bytes", "sender_peak_bytes")}
+                self.last_sync = {k: v for k, v in outcome.items() if isinstance(v, float)}
                 return time.perf_counter() - started
             if outcome["fatal"]:
                 raise RuntimeError(f"weight sync to version {version} cannot work: {outcome['error']}")
-            failed = sorted(outcome["failed"]) or list(range(len(self.workers)))
+            failed = sorted(outcome["failed"]) or list(range(len(self.receivers)))
             log.warning(
-                "weight sync to version %d failed (attempt %d: %s); replacing workers %s and re-running it",
+                "weight sync to version %d failed (attempt %d: %s); replacing receivers %s and re-running it",
                 version,
                 attempt + 1,
                 outcome["error"],
@@ -262,7 +283,8 @@ class RolloutPool:
         )
 
     def versions(self) -> list[int]:
-        return ray.get([w.get_policy_version.remote() for w in self.workers])
+        """The policy version each receiver holds (rollout workers, then the endpoint if any)."""
+        return ray.get([r.get_policy_version.remote() for r in self.receivers])
 
 
 class RewardPool:

@@ -4,10 +4,15 @@ Concurrent HTTP requests each become a request in vLLM's AsyncLLM, which batches
 (continuous batching): nothing is serialised behind a lock. Serving modes:
 
 - `--model DIR`: serve one checkpoint; policy version = its step when it is a training checkpoint.
+- inside a training job (`train --serve`): one more receiver of the learner's weight transfer
+  (vLLM's API, as the rollout workers): each update is applied whole between requests (new
+  requests wait, those in flight finish first), so answers come from the newest policy version,
+  at most one step behind, and carry the exact version that produced them.
 - `--run-dir RUN_DIR`: follow a training run. A watcher polls `RUN_DIR/checkpoints/` and, when a
-  newer complete checkpoint appears, reloads it in place: new requests wait, the requests in flight
-  finish on the old weights, `reload_weights` reads the folder, prefix and encoder caches are
-  cleared, then the waiting requests go on. The pause keeps each answer's reported version exact
+  newer complete checkpoint appears, loads it in place through the same weight-transfer protocol
+  (`deploy/checkpoint_transfer.py`): new requests wait, the requests in flight finish on the old
+  weights, the folder is streamed in chunks, prefix and encoder caches are cleared, then the
+  waiting requests go on. The pause keeps each answer's reported version exact
   and avoids clearing vLLM's encoder cache under running requests (which vLLM warns can desync
   it); it lasts about one answer plus the read (0.02 s for the tiny model, seconds for 7B).
   Answers therefore come from the newest *saved* policy; every answer reports the version
@@ -70,7 +75,9 @@ class PolicyEngine:
         prompt: PromptConfig = PromptConfig(),
         sampling: SamplingConfig = SamplingConfig(),
         poll_s: float = 2.0,
+        weight_transfer: str = "",
     ):
+        """`weight_transfer`: the backend when the policy receives live updates ("" = none)."""
         if (model_dir is None) == (run_dir is None):
             raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
         self.run_dir = Path(run_dir) if run_dir else None
@@ -81,8 +88,10 @@ class PolicyEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        weight_transfer = weight_transfer or ("gloo" if run_dir else "")  # checkpoints load through it
+        extra = {"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**engine_args(str(start), engine, disable_log_stats=True))
+            AsyncEngineArgs(**engine_args(str(start), engine, disable_log_stats=True, **extra))
         )
         self.processor = AutoProcessor.from_pretrained(start)
         self.forbidden = forbidden_token_ids(self.processor.tokenizer)
@@ -97,6 +106,8 @@ class PolicyEngine:
         self._admitting, self._drained = asyncio.Event(), asyncio.Event()
         self._admitting.set()
         self._drained.set()
+        self.broken: str | None = None  # a live update failed half-way: the weights are mixed
+        self._updating, self._session = False, None  # the live update in progress (see start_update)
 
     def _wait_for_first_checkpoint(self, timeout_s: float = 3600) -> Path:
         deadline = time.time() + timeout_s
@@ -110,8 +121,9 @@ class PolicyEngine:
 
     @property
     def healthy(self) -> bool:
-        """False once vLLM's engine process has died (nothing but a restart brings it back)."""
-        return not self.engine.errored
+        """False once vLLM's engine process has died or a live update failed half-way (nothing but a
+        restart brings it back)."""
+        return not self.engine.errored and self.broken is None
 
     async def _unless_dead(self, awaitable):
         """Await `awaitable`, but raise EngineStopped once the engine has died: a call in flight
@@ -125,27 +137,69 @@ class PolicyEngine:
                 task.cancel()
                 raise EngineStopped("the policy engine has stopped")
 
+    async def _pause(self) -> None:
+        """Close admission (new requests wait) and wait until the requests in flight are done."""
+        self._admitting.clear()
+        await self._unless_dead(self._drained.wait())
+
     async def reload(self, folder: Path) -> None:
-        """Load a checkpoint's weights in place; requests in flight finish on the old weights first."""
+        """Load a checkpoint's weights in place through the weight-transfer protocol (as a live
+        update: requests in flight finish on the old weights first, new ones wait)."""
+        from deploy.checkpoint_transfer import send_checkpoint
+
         async with self._reload_lock:
-            started = time.perf_counter()
-            self._admitting.clear()
-            try:
-                await self._unless_dead(self._drained.wait())
-                await self._unless_dead(
-                    self.engine.collective_rpc(
-                        "reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True}
-                    )
-                )
-                await self._unless_dead(self.engine.reset_prefix_cache())
-                await self._unless_dead(self.engine.reset_encoder_cache())
-                step = _step_of(folder)
-                self.info = PolicyInfo(
-                    self.info.model, step, step, str(folder), time.time(), self.info.run_dir
-                )
-            finally:
-                self._admitting.set()
+            started, step = time.perf_counter(), _step_of(folder)
+            loop = asyncio.get_running_loop()
+            await asyncio.to_thread(send_checkpoint, self, folder, step, loop, 64 * 1024**2, 600.0)
             log.info("now serving %s (version %d) after %.2f s", folder, step, time.perf_counter() - started)
+
+    # -- live updates: vLLM's weight-transfer protocol, driven by the learner's trainer engine ---------
+
+    async def join_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self._unless_dead(self.engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info)))
+
+    async def start_update(self, timeout_s: float) -> None:
+        """New requests wait; the requests in flight finish on the old weights first. After an update
+        the sender abandoned (another receiver failed), go on from where this one stands."""
+        if self.broken:
+            raise RuntimeError(f"this policy's weights cannot be trusted: {self.broken}")
+        if not self._updating:
+            self._updating = True
+            await asyncio.wait_for(self._pause(), timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._session == "receiving" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # an abandoned receive ends at its collective's timeout
+        if self._session == "receiving" or self.broken:
+            raise RuntimeError(f"the previous update did not end cleanly: {self.broken or 'still receiving'}")
+        if self._session == "received":  # complete weights never finished: close vLLM's session
+            await self._unless_dead(self.engine.finish_weight_update())
+        self._session = None
+
+    async def receive_update(self, update_info: dict[str, Any]) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        if not self._updating:
+            raise RuntimeError("no weight update in progress: call start_weight_update first")
+        self._session = "receiving"
+        try:
+            await self._unless_dead(self.engine.start_weight_update())
+            await self._unless_dead(self.engine.update_weights(WeightTransferUpdateRequest(update_info)))
+        except BaseException as err:
+            self.broken = f"live update failed half-way: {type(err).__name__}: {err}"
+            self._session = "failed"
+            raise
+        self._session = "received"
+
+    async def finish_update(self, version: int, checkpoint: str = "(live)") -> None:
+        """Apply the update whole: finish vLLM's session, drop caches, adopt `version`, admit."""
+        await self._unless_dead(self.engine.finish_weight_update())
+        await self._unless_dead(self.engine.reset_prefix_cache())
+        await self._unless_dead(self.engine.reset_encoder_cache())
+        self.info = PolicyInfo(self.info.model, version, version, checkpoint, time.time(), self.info.run_dir)
+        self._updating, self._session = False, None
+        self._admitting.set()
 
     async def follow(self) -> None:
         """Reload each newer checkpoint of the run as it appears (runs until cancelled)."""
@@ -159,6 +213,20 @@ class PolicyEngine:
                     await self.reload(newest)
             except Exception:  # a checkpoint removed while reading, etc.: try again next poll
                 log.exception("checkpoint watch failed; retrying")
+
+    async def admit(self) -> PolicyInfo:
+        """Count a request in (waiting while an update is on); returns the policy that will answer.
+        Pair with `release()` once the request's last output is out."""
+        while not self._admitting.is_set():  # an update is on (re-checked: another may start)
+            await self._unless_dead(self._admitting.wait())
+        self.in_flight += 1  # no await since the check: an update cannot slip in between
+        self._drained.clear()
+        return self.info
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._drained.set()
 
     async def answer(
         self,
@@ -182,11 +250,7 @@ class PolicyEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, holding all n samples
         )
         final = None
-        while not self._admitting.is_set():  # a reload is on (re-checked: another may start)
-            await self._unless_dead(self._admitting.wait())
-        self.in_flight += 1  # no await since the check: a reload cannot slip in between
-        self._drained.clear()
-        info = self.info
+        info = await self.admit()
         try:
             async for output in self.engine.generate(
                 {"prompt": prompt, "multi_modal_data": {"audio": (waveform, SAMPLE_RATE)}},
@@ -195,9 +259,7 @@ class PolicyEngine:
             ):
                 final = output
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._drained.set()
+            self.release()
         responses = [o.text for o in final.outputs]
         answers = [extract_answer(r) for r in responses]
         return {

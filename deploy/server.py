@@ -1,6 +1,7 @@
 """The HTTP endpoint: FastAPI over the served policy (`deploy/policy.py`).
 
-Routes: POST /v1/answer, POST /v1/answer:batch, GET /v1/policy, GET /healthz, GET /metrics, and the
+Routes: POST /v1/answer, POST /v1/answer:batch, GET /v1/policy, GET /healthz, GET /metrics, the
+OpenAI-compatible POST /v1/chat/completions and GET /v1/models (`deploy/openai_route.py`), and the
 OpenAPI docs (/docs, /openapi.json). Every bad input gets a 4xx with a message that names the
 problem; the same audio loader, prompt builder and answer parser as training are used.
 """
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from deploy.openai_route import add_openai_routes, chat_serving
 from rollout.audio import AudioError, AudioTooLongError, load_audio
 from rollout.question import ChoiceError, validate_choices
 
@@ -126,6 +128,7 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
     async def lifespan(app: FastAPI):
         engine = engine_factory()
         state["engine"] = engine
+        state["openai"] = chat_serving(engine)
         follower = asyncio.create_task(engine.follow()) if engine.run_dir else None
         yield
         if follower:
@@ -288,5 +291,6 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
         version_gauge.set(state["engine"].info.version)
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
+    add_openai_routes(app, state, limits)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     return app

@@ -151,6 +151,7 @@ class WeightSender:
             send_s=time.perf_counter() - started,
             bytes=float(sum(nbytes(m.shape, m.dtype) for m in meta)),
             sender_peak_bytes=float(self.source.stats.peak),
+            **{f"sender_{k}": v for k, v in self.source.stats.seconds.items()},
         )
         return outcome
 

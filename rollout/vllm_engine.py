@@ -180,8 +180,9 @@ class RolloutWorker:
         self.llm.collective_rpc(_set_fault, args=(kind, after_chunks))
 
     def transfer_stats(self) -> dict[str, float]:
-        """Peak bytes of transfer buffers alive at once during the last update, per vLLM worker."""
-        return {"peak_bytes": float(max(self.llm.collective_rpc(_peak_bytes)))}
+        """The last update on this engine's (first) vLLM worker: peak bytes of transfer buffers
+        alive at once, and seconds per phase (receive, load, finish)."""
+        return self.llm.collective_rpc(_transfer_stats)[0]
 
     def get_policy_version(self) -> int:
         return self.policy_version
@@ -193,5 +194,6 @@ def _set_fault(worker, kind, after_chunks) -> None:
     set_fault(kind, after_chunks)
 
 
-def _peak_bytes(worker) -> int:
-    return worker.weight_transfer_engine.stats.peak
+def _transfer_stats(worker) -> dict[str, float]:
+    stats = worker.weight_transfer_engine.stats
+    return {"peak_bytes": float(stats.peak), **stats.seconds}

@@ -86,10 +86,17 @@ def plan_chunks(sizes: list[int], bucket_bytes: int) -> list[range]:
 
 
 class BufferStats:
-    """Peak bytes of transfer buffers alive at once (a tensor counts until its last view is gone)."""
+    """Peak bytes of transfer buffers alive at once (a tensor counts until its last view is gone),
+    and seconds per phase of the last update (`timed`)."""
 
     def __init__(self):
         self.live = self.peak = 0
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
+        return now
 
     def hold(self, n: int) -> None:
         self.live += n
@@ -104,7 +111,7 @@ class BufferStats:
         weakref.finalize(tensor, self.release, n)
 
     def reset(self) -> None:
-        self.peak = self.live
+        self.peak, self.seconds = self.live, {}
 
 
 class GlooGroup:
@@ -128,6 +135,10 @@ class GlooGroup:
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         self.group.broadcast(tensor, 0).wait()
+
+    def broadcast_async(self, tensor: torch.Tensor):
+        """Start a broadcast; `.wait()` on the result (raises on timeout or a lost peer)."""
+        return self.group.broadcast(tensor, 0)
 
 
 def _handshake(metas: list[ParamMeta]) -> torch.Tensor:
@@ -202,11 +213,17 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         initialize_layerwise_reload(self.model)
         self._reloading = True
         sizes = [nbytes(m.shape, m.dtype) for m in metas]
-        for index, chunk in enumerate(plan_chunks(sizes, self.bucket_bytes)):
+        chunks = plan_chunks(sizes, self.bucket_bytes)
+        # Double-buffered: chunk k+1 arrives (gloo's own thread) while chunk k loads.
+        incoming = self._post(sum(sizes[i] for i in chunks[0])) if chunks else None
+        clock = time.perf_counter()
+        for index, chunk in enumerate(chunks):
             _receiver_fault(index)
-            buffer = torch.empty(sum(sizes[i] for i in chunk), dtype=torch.uint8)
-            self.stats.track(buffer)
-            self.group.broadcast(buffer)
+            buffer, work = incoming
+            work.wait()
+            clock = self.stats.timed("receive_s", clock)
+            if index + 1 < len(chunks):
+                incoming = self._post(sum(sizes[i] for i in chunks[index + 1]))
             views, offset = [], 0
             for i in chunk:
                 m = metas[i]
@@ -214,12 +231,20 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
                 offset += sizes[i]
             del buffer  # the loader keeps the views it still needs (an incomplete layer)
             self.model.load_weights(views)
+            clock = self.stats.timed("load_s", clock)
+
+    def _post(self, size: int):
+        buffer = torch.empty(size, dtype=torch.uint8)
+        self.stats.track(buffer)
+        return buffer, self.group.broadcast_async(buffer)
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         if self._reloading:
+            started = time.perf_counter()
             finalize_layerwise_reload(self.model, self.model_config)
+            self.stats.timed("finish_s", started)
             self._reloading = False
 
     def shutdown(self) -> None:
@@ -318,27 +343,45 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.group.broadcast(_handshake(meta))
         sizes = [nbytes(m.shape, m.dtype) for m in meta]
         stream = iter(self.source)
+        clock = time.perf_counter()
+        in_flight = None  # (work, buffer): chunk k travels while chunk k+1 is gathered and packed
         for chunk in plan_chunks(sizes, self.info.bucket_bytes):
-            parts = []
-            for i in chunk:
-                name, tensor = next(stream)
-                if (
-                    name != meta[i].name
-                    or tensor.dtype != meta[i].dtype
-                    or tuple(tensor.shape) != meta[i].shape
-                ):
-                    raise ValueError(
-                        f"the weight source yielded {name!r} {tensor.dtype} {tuple(tensor.shape)}, "
-                        f"its metadata declared {meta[i]}"
-                    )
-                parts.append(tensor.contiguous().view(-1).view(torch.uint8))
-            packed = torch.cat(parts)
+            parts = [self._checked(next(stream), meta[i]) for i in chunk]
+            clock = self.stats.timed("gather_s", clock)
+            if in_flight is not None:
+                in_flight[0].wait()  # its buffer is the one we pack into next but one
+            packed = self._send_buffer(sum(p.numel() for p in parts))
+            torch.cat(parts, out=packed)
             del parts
-            self.stats.track(packed)
-            self.group.broadcast(packed)
+            clock = self.stats.timed("pack_s", clock)
+            in_flight = (self.group.broadcast_async(packed), packed)
             del packed
+            clock = self.stats.timed("broadcast_s", clock)
+        if in_flight is not None:
+            in_flight[0].wait()
+            self.stats.timed("broadcast_s", clock)
         for name, _ in stream:  # also closes the source's last gather
             raise ValueError(f"the weight source yielded {name!r} beyond its metadata")
+
+    def _send_buffer(self, size: int) -> torch.Tensor:
+        """The next of two send buffers, kept across updates (fresh memory each chunk costs a page
+        fault per page, as much as the copy itself); a chunk larger than the bucket gets its own."""
+        self._turn = (getattr(self, "_turn", 0) + 1) % 2
+        ring = self.__dict__.setdefault("_ring", [None, None])
+        if ring[self._turn] is None or ring[self._turn].numel() < size:
+            ring[self._turn] = torch.empty(max(size, self.info.bucket_bytes), dtype=torch.uint8)
+            self.stats.track(ring[self._turn])
+        return ring[self._turn][:size]
+
+    @staticmethod
+    def _checked(item: tuple[str, torch.Tensor], expected: ParamMeta) -> torch.Tensor:
+        name, tensor = item
+        if name != expected.name or tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
+            raise ValueError(
+                f"the weight source yielded {name!r} {tensor.dtype} {tuple(tensor.shape)}, "
+                f"its metadata declared {expected}"
+            )
+        return tensor.contiguous().view(-1).view(torch.uint8)
 
     def shutdown(self) -> None:
         self.group = None

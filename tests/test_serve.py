@@ -195,3 +195,50 @@ def test_load_benchmark_runs(server, tmp_path):
     levels = json.loads(out.read_text())["levels"]
     assert [lvl["concurrency"] for lvl in levels] == [1, 4]
     assert all(lvl["requests_per_s"] > 0 and lvl["p99_s"] >= lvl["p50_s"] for lvl in levels)
+
+
+def test_the_openai_client_chats_with_audio_streamed_or_not(server):
+    """The official `openai` package, unchanged, over loopback: audio in, policy version out."""
+    import base64
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0)
+    clip = base64.b64encode(wav()).decode()
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+                {"type": "text", "text": "Is the tone high or low? Choices: high, low."},
+            ],
+        }
+    ]
+    ask = {"model": "audio-grpo", "messages": messages, "max_tokens": 8, "temperature": 0}
+    raw = client.chat.completions.with_raw_response.create(**ask)
+    assert raw.headers["x-policy-version"] == "0"
+    completion = raw.parse()
+    text = completion.choices[0].message.content
+    assert text and completion.model_extra["policy_version"] == 0
+    assert completion.usage.prompt_tokens > 20  # the audio's placeholder tokens are in the prompt
+    streamed = "".join(
+        c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask, stream=True)
+    )
+    assert streamed == text  # greedy: the same answer, streamed
+    assert [m.id for m in client.models.list()] == ["audio-grpo"]
+
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).chat.completions.create(**ask)
+    corrupt = [
+        {
+            **messages[0],
+            "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv", "format": "wav"}}],
+        }
+    ]
+    with pytest.raises(openai.BadRequestError, match="input_audio"):
+        client.chat.completions.create(**{**ask, "messages": corrupt})
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(**{**ask, "max_tokens": 10_000})
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(**{**ask, "model": "gpt-4o"})
+    assert_still_serving(server)

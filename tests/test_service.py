@@ -317,3 +317,48 @@ def test_endpoint_follows_a_live_training_run(service_env, tmp_path):
         training.wait(timeout=120)
     assert versions == sorted(versions) and len(set(versions)) >= 2, versions
     assert versions[0] >= 2 and final["checkpoint"].startswith(str(run_dir / "checkpoints"))
+
+
+@pytest.mark.slow
+def test_train_serve_answers_from_every_new_policy_version(service_env, tmp_path):
+    """`train --serve`: the endpoint is one more receiver of the weight transfer, so answers follow
+    the learner step by step, with no checkpoint involved (save_every 0: only at the end)."""
+    import httpx
+    from helpers import FORM
+    from helpers import wav_bytes as wav
+
+    from cluster.network import free_port
+
+    run_dir, port, token = tmp_path / "live", free_port(), "live-secret"
+    training = start_train(
+        service_env,
+        run_dir,
+        *("--serve", "--serve-port", str(port), "--token", token, "--max-steps", "200"),
+        *("--set", "train.save_every=0", "--set", "train.eval_every=0"),
+    )
+    endpoint = run_dir / "endpoint.json"
+    try:
+        wait_for(endpoint.exists, 300, "the endpoint to start", training)
+        url = json.loads(endpoint.read_text())["url"]
+        assert url == f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/v1/policy", timeout=10).status_code == 401  # the token guards it
+        auth = {"Authorization": f"Bearer {token}"}
+        seen = []  # (steps logged before the request, version that answered, steps logged after)
+        deadline = time.time() + 300
+        while len({v for _, v, _ in seen}) < 4 and time.time() < deadline:
+            assert training.poll() is None, "training ended early"
+            before = len(steps_logged(run_dir))
+            response = httpx.post(
+                f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, headers=auth, timeout=60
+            )
+            assert response.status_code == 200, response.text
+            seen.append((before, response.json()["policy_version"], len(steps_logged(run_dir))))
+            assert response.json()["checkpoint"] == "(live)" or response.json()["policy_version"] == 0
+        assert not (run_dir / "checkpoints").exists()  # answers came from the transfer, not a file
+    finally:
+        training.terminate()
+        training.wait(timeout=120)
+    versions = [v for _, v, _ in seen]
+    assert versions == sorted(versions) and len(set(versions)) >= 4, seen
+    for before, version, after in seen:  # the newest version, at most one step behind the learner
+        assert before <= version <= after + 1, seen
