@@ -38,7 +38,12 @@ def main() -> int:
         step("build the tiny model", "make-tiny", str(tiny), "--size", "tiny")
     if not (data / "train.jsonl").exists():
         step("build synthetic data", "make-data", str(data), "--n", "256")
-    step("weight sync", "bench/weight_sync.py", "--models", f"tiny={tiny},small={small}", "--repeats", "5")
+    medium = ASSETS / "medium"
+    if not (medium / "config.json").exists():
+        step("build the medium model (about 400 MB)", "make-tiny", str(medium), "--size", "medium")
+    models = f"tiny={tiny},small={small},medium={medium}"
+    step("weight transfer", "bench/weight_sync.py", "--models", models, "--repeats", "3")
+    step("live serving during training", "bench/live_serving.py", "--steps", "40")
     step(
         "rollout engines",
         "bench/rollout_engines.py",

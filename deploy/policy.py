@@ -89,7 +89,9 @@ class PolicyEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         weight_transfer = weight_transfer or ("gloo" if run_dir else "")  # checkpoints load through it
-        extra = {"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}
+        from rollout.weight_transfer import transfer_engine_args
+
+        extra = transfer_engine_args(weight_transfer)
         self.engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_args(str(start), engine, disable_log_stats=True, **extra))
         )
@@ -158,7 +160,12 @@ class PolicyEngine:
     async def join_weight_transfer(self, init_info: dict[str, Any]) -> None:
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
+        from rollout.weight_transfer import TransportError
+
         await self._unless_dead(self.engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info)))
+        problems = [p for p in await self.engine.collective_rpc("weight_transport_problem") if p]
+        if problems:
+            raise TransportError("; ".join(problems))
 
     async def start_update(self, timeout_s: float) -> None:
         """New requests wait; the requests in flight finish on the old weights first. After an update

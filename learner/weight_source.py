@@ -18,7 +18,7 @@ import torch
 from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
 from learner.hf_format import published_name
-from rollout.weight_transfer import BufferStats, TransportError, nbytes, plan_chunks
+from rollout.weight_transfer import BufferStats, TransportError, nbytes, plan_chunks, transport_problem
 
 
 class PolicySource(WeightSource):
@@ -74,15 +74,13 @@ class PolicySource(WeightSource):
                 pass
 
 
-def transport_problem(engine) -> str | None:
-    """Why the sender's communicator cannot work, or None (vLLM's PyNccl marks itself `disabled`
-    when NCCL is unavailable and then silently skips every broadcast)."""
+def sender_problem(engine) -> str | None:
+    """Why the sender's communicator cannot work, or None (`rollout.weight_transfer.transport_problem`)."""
     if not engine.is_sender:
         return None
-    group = getattr(engine, "group", None) or getattr(engine, "model_update_group", None)
-    if group is None or getattr(group, "disabled", False) or not getattr(group, "available", True):
-        return f"the weight transport {type(group).__name__} is disabled or was not initialised"
-    return None
+    return transport_problem(
+        getattr(engine, "group", None) or getattr(engine, "model_update_group", None), "sender"
+    )
 
 
 def trainer_init_info(backend: str, rank: int, init: dict[str, Any]):
@@ -119,7 +117,7 @@ class WeightSender:
         )
         if hasattr(self.engine, "stats"):
             self.engine.stats = self.source.stats  # one account of the sender's transfer memory
-        problem = transport_problem(self.engine)
+        problem = sender_problem(self.engine)
         if problem:
             raise TransportError(problem)
 
@@ -131,7 +129,7 @@ class WeightSender:
         self.source.stats.reset()
         outcome: dict[str, Any] = {"ok": True, "failed": {}, "error": "", "fatal": False}
         try:
-            problem = transport_problem(self.engine)
+            problem = sender_problem(self.engine)
             if problem:
                 raise TransportError(problem)
             if self.rank == 0:

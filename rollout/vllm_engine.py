@@ -79,8 +79,9 @@ class RolloutWorker:
         from vllm import LLM
 
         self.model_path, self.prompt = model_path, prompt
-        extra = {"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}
-        self.llm = LLM(**engine_args(model_path, engine, seed, **extra))
+        from rollout.weight_transfer import transfer_engine_args
+
+        self.llm = LLM(**engine_args(model_path, engine, seed, **transfer_engine_args(weight_transfer)))
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.forbidden = forbidden_token_ids(self.processor.tokenizer)
         self.policy_version = 0
@@ -130,8 +131,14 @@ class RolloutWorker:
     # -- vLLM's weight-transfer protocol (the learner's trainer engine calls these) -----------------
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        """Join the learner's transfer group (again, after a worker was replaced)."""
+        """Join the learner's transfer group (again, after a worker was replaced); a transport that
+        cannot work is an error now, before any weight moves."""
+        from rollout.weight_transfer import TransportError
+
         self.llm.init_weight_transfer_engine({"init_info": init_info})
+        problems = [p for p in self.llm.collective_rpc("weight_transport_problem") if p]
+        if problems:
+            raise TransportError("; ".join(problems))
 
     def start_weight_update(self) -> None:
         """Open an update: new requests wait, the ones in flight finish first. After an update that
@@ -177,23 +184,12 @@ class RolloutWorker:
 
     def set_sync_fault(self, kind: str | None, after_chunks: int = 0) -> None:
         """Test hook: make this worker's next receive fail (`rollout.weight_transfer.set_fault`)."""
-        self.llm.collective_rpc(_set_fault, args=(kind, after_chunks))
+        self.llm.collective_rpc("set_weight_transfer_fault", args=(kind, after_chunks))
 
     def transfer_stats(self) -> dict[str, float]:
         """The last update on this engine's (first) vLLM worker: peak bytes of transfer buffers
         alive at once, and seconds per phase (receive, load, finish)."""
-        return self.llm.collective_rpc(_transfer_stats)[0]
+        return self.llm.collective_rpc("weight_transfer_stats")[0]
 
     def get_policy_version(self) -> int:
         return self.policy_version
-
-
-def _set_fault(worker, kind, after_chunks) -> None:
-    from rollout.weight_transfer import set_fault
-
-    set_fault(kind, after_chunks)
-
-
-def _transfer_stats(worker) -> dict[str, float]:
-    stats = worker.weight_transfer_engine.stats
-    return {"peak_bytes": float(stats.peak), **stats.seconds}

@@ -258,6 +258,42 @@ def _receiver_fault(chunk: int) -> None:
         time.sleep(3600)  # "hang": the sender and the driver must not wait for us
 
 
+def transport_problem(group, role: str) -> str | None:
+    """Why a transfer group cannot work, or None. vLLM's PyNccl marks itself `disabled` (and
+    `available` False) when NCCL cannot load, and then skips every broadcast without an error:
+    the receivers would load uninitialised buffers. Checked on both sides before any weight moves."""
+    if group is None or getattr(group, "disabled", False) or not getattr(group, "available", True):
+        return f"the {role}'s weight transport ({type(group).__name__}) is disabled or not initialised"
+    return None
+
+
+class TransferWorkerExtension:
+    """vLLM worker extension (`worker_extension_cls`): what we ask a worker about its transfer
+    engine, by method name (an engine core in its own process takes names, not functions)."""
+
+    def weight_transport_problem(self) -> str | None:
+        engine = self.weight_transfer_engine
+        group = getattr(engine, "group", None) or getattr(engine, "model_update_group", None)
+        return transport_problem(group, "receiver")
+
+    def weight_transfer_stats(self) -> dict[str, float]:
+        stats = getattr(self.weight_transfer_engine, "stats", None) or BufferStats()
+        return {"peak_bytes": float(stats.peak), **stats.seconds}
+
+    def set_weight_transfer_fault(self, kind: str | None, after_chunks: int = 0) -> None:
+        set_fault(kind, after_chunks)
+
+
+def transfer_engine_args(backend: str) -> dict:
+    """vLLM engine arguments that turn on its weight transfer with `backend` ("" = off)."""
+    if not backend:
+        return {}
+    return {
+        "weight_transfer_config": {"backend": backend},
+        "worker_extension_cls": f"{__name__}.TransferWorkerExtension",
+    }
+
+
 # -- the trainer side ---------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ ALLOWED = {
     "rollout": {"reward"},
     "learner": {"rollout", "reward"},
     "cluster": {"learner", "rollout", "reward"},
-    "deploy": {"learner", "rollout", "reward"},
+    "deploy": {"cluster", "learner", "rollout", "reward"},
     "assets": {"learner", "rollout", "reward"},
     "cli": PROJECT,
 }
