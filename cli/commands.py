@@ -197,7 +197,8 @@ def train(args: argparse.Namespace) -> int:
     print(
         f"run directory: {summary['run_dir']}\ncheckpoint:    {summary['checkpoint']}\n"
         f"metrics:       {summary['metrics']}\n"
-        f"rollout workers' policy versions: {summary['rollout_policy_versions']}"
+        f"policy versions held (rollout workers{', live endpoint' if config.serve.enabled else ''}): "
+        f"{summary['rollout_policy_versions']}"
     )
     return 0
 

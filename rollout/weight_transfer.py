@@ -401,11 +401,11 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
 
     def _send_buffer(self, size: int) -> torch.Tensor:
         """The next of two send buffers, kept across updates (fresh memory each chunk costs a page
-        fault per page, as much as the copy itself); a chunk larger than the bucket gets its own."""
+        fault per page, as much as the copy itself)."""
         self._turn = (getattr(self, "_turn", 0) + 1) % 2
         ring = self.__dict__.setdefault("_ring", [None, None])
         if ring[self._turn] is None or ring[self._turn].numel() < size:
-            ring[self._turn] = torch.empty(max(size, self.info.bucket_bytes), dtype=torch.uint8)
+            ring[self._turn] = torch.empty(size, dtype=torch.uint8)  # grows to the largest chunk
             self.stats.track(ring[self._turn])
         return ring[self._turn][:size]
 
