@@ -132,3 +132,26 @@ def test_learner_streams_weights_to_two_workers_in_bounded_memory(
     assert _greedy_ids(again) == learner_greedy() and again[0].policy_version == 2
     for w in workers:
         ray.kill(w)
+
+
+@pytest.mark.slow
+def test_policy_source_streams_whole_tensors_group_by_group_under_zero3(tiny_model_dir):
+    """Under ZeRO-3 each group is gathered, yielded whole (published names, full shapes) and released
+    before the next: the source never holds more than a group."""
+    import torch
+
+    from learner.hf_format import published_name
+    from learner.weight_source import PolicySource
+
+    learner = make_learner(tiny_model_dir, zero_stage=3)
+    with learner.gathered():
+        whole = {published_name(n): p.detach().clone() for n, p in learner.model.named_parameters()}
+    group_bytes = 64 * 1024
+    source = PolicySource(learner, torch.float32, group_bytes)
+    assert [(m.name, m.shape) for m in source.metadata()] == [(n, tuple(t.shape)) for n, t in whole.items()]
+    streamed = {name: tensor.clone() for name, tensor in source}  # consumed before the next group
+    assert list(streamed) == list(whole)
+    assert all(torch.equal(streamed[n], whole[n]) for n in whole)
+    largest = max(t.numel() * 4 for t in whole.values())
+    model_bytes = sum(t.numel() * 4 for t in whole.values())
+    assert 0 < source.stats.peak <= group_bytes + largest < model_bytes / 4
