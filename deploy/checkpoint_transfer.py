@@ -80,7 +80,7 @@ class LoopClient:
 def send_checkpoint(policy, folder: Path, version: int, loop, bucket_bytes: int, timeout_s: float) -> None:
     """Blocking (run it in a thread): load `folder` into `policy`'s engine as `version`."""
     from cluster.network import free_port
-    from rollout.weight_transfer import GlooTrainerInitInfo, GlooTrainerWeightTransferEngine
+    from rollout.gloo_sender import GlooTrainerInitInfo, GlooTrainerWeightTransferEngine
 
     source = FolderSource(folder, getattr(torch, policy.engine_config.dtype))
     client = LoopClient(policy, loop, version, str(folder), timeout_s)

@@ -97,7 +97,7 @@ def trainer_init_info(backend: str, rank: int, init: dict[str, Any]):
             packed_num_buffers=2,
             rank=rank,
         )
-    from rollout.weight_transfer import GlooTrainerInitInfo
+    from rollout.gloo_sender import GlooTrainerInitInfo
 
     return GlooTrainerInitInfo(**init, rank=rank)
 
