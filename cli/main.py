@@ -51,7 +51,7 @@ def _make_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="AVQA JSON lines (.jsonl) or MMAU JSON (.json)")
+    p.add_argument("data", help="AVQA JSON lines or an MMAU JSON list (told apart by content)")
     p.add_argument(
         "--audio-root", default=None, help="where audio paths resolve (default: the file's folder)"
     )

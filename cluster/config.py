@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = "data/avqa-train.jsonl"  # AVQA JSON lines (.jsonl) or MMAU JSON (.json)
+    train: str = "data/avqa-train.jsonl"  # AVQA JSON lines or an MMAU JSON list (told by content)
     eval: str = "data/mmau-test-mini.json"
     audio_root: str = ""  # where audio paths resolve; "" = each data file's folder
     eval_audio_root: str = ""

@@ -32,6 +32,10 @@ class DataValidationError(ValueError):
         self.report = report
 
 
+class DataFormatError(ValueError):
+    """The file is neither of the two forms (or empty): nothing in it can be read."""
+
+
 class RowError(ValueError):
     """One row is invalid; the message says why."""
 
@@ -128,6 +132,26 @@ def mmau_row_to_question(row: Any, audio_root: Path, allow_duplicates: bool = Fa
     )
 
 
+def detect_format(path: Path) -> DataFormat:
+    """From the content, whatever the suffix: a JSON list is MMAU's form, one JSON object per line is
+    AVQA's (R1-AQA's own training file, `train_r1aqa_line.json`, is JSON lines)."""
+    with path.open(encoding="utf-8") as handle:
+        while True:
+            block = handle.read(4096)
+            if not block:
+                raise DataFormatError(f"{path}: empty data file")
+            start = block.lstrip()
+            if start:
+                break
+    if start[0] == "[":
+        return "mmau"
+    if start[0] == "{":
+        return "avqa"
+    raise DataFormatError(
+        f"{path}: neither a JSON list (MMAU) nor JSON lines (AVQA): starts with {start[:20]!r}"
+    )
+
+
 def _read_rows(path: Path, fmt: DataFormat) -> Iterable[tuple[int, Any, str | None]]:
     """Yield (row number, parsed row or None, parse error or None)."""
     if fmt == "avqa":
@@ -170,14 +194,15 @@ def load_questions(
 ) -> tuple[list[AudioQuestion], ValidationReport]:
     """Load and validate a data file; return the good questions and the report of the bad rows.
 
-    `fmt` is inferred from the suffix (.jsonl -> AVQA, .json -> MMAU) when not given. Audio paths
+    `fmt` is detected from the content when not given (`detect_format`: a JSON list is MMAU, JSON
+    lines are AVQA, whatever the suffix). Audio paths
     resolve under `audio_root` (default: the data file's folder). `check_audio` decodes every clip
     once (in `workers` threads) so that a corrupt file is caught here rather than mid-run.
     `allow_duplicate_choices` keeps rows whose choices repeat (listed as warnings): MMAU test-mini
     has 20 to 27 such items and its official score counts all 1000, so evaluation keeps them.
     """
     path = Path(path)
-    fmt = fmt or ("avqa" if path.suffix == ".jsonl" else "mmau")
+    fmt = fmt or detect_format(path)
     root = Path(audio_root) if audio_root is not None else path.parent
     convert = avqa_row_to_question if fmt == "avqa" else mmau_row_to_question
     report = ValidationReport(source=str(path))

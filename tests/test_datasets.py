@@ -130,3 +130,22 @@ def test_mmau_answer_not_among_choices_is_skipped(tmp_path):
     assert [q.id for q in questions] == ["ok"]
     assert "'z' is not among the choices" in report.skipped[0].reason
     assert "needs 2 to 8 choices, has 9" in report.skipped[1].reason
+
+
+def test_the_format_comes_from_the_content_whatever_the_suffix(avqa_file, tmp_path):
+    """R1-AQA's training file is JSON lines named `train_r1aqa_line.json`."""
+    from rollout.datasets import DataFormatError, detect_format
+
+    path, _ = avqa_file
+    renamed = path.with_name("train_r1aqa_line.json")
+    renamed.write_text(path.read_text())
+    assert detect_format(renamed) == "avqa"
+    by_suffix, _ = load_questions(path)
+    by_content, _ = load_questions(renamed)
+    assert [q.id for q in by_content] == [q.id for q in by_suffix] and by_content
+    (tmp_path / "list.jsonl").write_text("  \n[]")
+    assert detect_format(tmp_path / "list.jsonl") == "mmau"
+    for name, text in {"empty.json": " \n", "csv.json": "id,question\n1,q"}.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataFormatError, match="empty data file|neither a JSON list"):
+            detect_format(tmp_path / name)
