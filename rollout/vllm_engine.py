@@ -32,7 +32,7 @@ class EngineConfig:
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.85
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
-    enforce_eager: bool = True
+    enforce_eager: bool | None = None  # None: CUDA graphs on GPU, eager on CPU (vLLM's CPU build)
     tensor_parallel_size: int = 1
     # Rollout workers only: vLLM's engine core inside the worker's process (fewer processes on
     # CPU). Serving always keeps it in its own process, so a dead engine is seen and reported.
@@ -45,6 +45,15 @@ def vllm_env(engine: EngineConfig) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
 
 
+def eager(engine: EngineConfig) -> bool:
+    """Whether vLLM runs eagerly: as configured, else only where CUDA graphs do not exist (CPU)."""
+    if engine.enforce_eager is not None:
+        return engine.enforce_eager
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: Any) -> dict[str, Any]:
     """vLLM's engine arguments for `LLM(...)` and `AsyncEngineArgs(...)` alike (audio: one clip)."""
     return {
@@ -52,7 +61,7 @@ def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: A
         "dtype": engine.dtype,
         "max_model_len": engine.max_model_len,
         "limit_mm_per_prompt": {"audio": 1},
-        "enforce_eager": engine.enforce_eager,
+        "enforce_eager": eager(engine),
         "seed": seed,
         "tensor_parallel_size": engine.tensor_parallel_size,
         "gpu_memory_utilization": engine.gpu_memory_utilization,

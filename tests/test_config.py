@@ -89,3 +89,16 @@ def test_an_old_config_file_names_every_moved_key(tmp_path):
 def test_inconsistent_settings_fail_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny-cpu", overrides)
+
+
+def test_engines_use_cuda_graphs_on_gpu_and_run_eagerly_on_cpu_unless_told():
+    import torch
+
+    from rollout.vllm_engine import EngineConfig, engine_args
+
+    assert engine_args("m", EngineConfig())["enforce_eager"] == (not torch.cuda.is_available())
+    assert engine_args("m", EngineConfig(enforce_eager=True))["enforce_eager"] is True
+    assert engine_args("m", EngineConfig(enforce_eager=False))["enforce_eager"] is False
+    assert (
+        load_config("tiny-cpu", ["rollout.engine.enforce_eager=false"]).rollout.engine.enforce_eager is False
+    )
