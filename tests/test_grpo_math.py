@@ -148,3 +148,16 @@ def test_gradient_pushes_up_positive_advantage_tokens():
     lengths = torch.tensor([3.0, 2.0], dtype=torch.float64)[:, None]
     expected = (-adv[:, None] + 0.04 * (1 - torch.exp(ref - logp))) / lengths / 2 * mask
     assert torch.allclose(grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs_row_by_row_equal_the_full_log_softmax_with_gradients(dtype):
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 5, 50) * 4).to(dtype).requires_grad_()
+    ids = torch.randint(0, 50, (3, 5))
+    reference = torch.gather((logits.float() / 0.7).log_softmax(-1), 2, ids.unsqueeze(-1)).squeeze(-1)
+    ours = token_logprobs(logits, ids, temperature=0.7)
+    assert ours.dtype == torch.float32 and torch.allclose(ours, reference, atol=1e-5)
+    (grad_ref,) = torch.autograd.grad(reference.sum(), logits)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
+    assert torch.allclose(grad_ours.float(), grad_ref.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
