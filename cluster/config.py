@@ -107,6 +107,7 @@ class TrainConfig:
     max_steps: int = 1000
     eval_every: int = 100  # 0 = never
     save_every: int = 100  # 0 = only at the end
+    keep_checkpoints: int = 0  # the newest N complete checkpoints stay, older ones go (0 = keep all)
     adv_eps: float = 1e-4
     flip_advantages: bool = False  # a control experiment: the learner climbs the wrong way
     # Generate step k+1's completions while the learner updates on step k's. The rollouts then come

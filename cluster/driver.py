@@ -19,7 +19,7 @@ from pathlib import Path
 from cluster.config import RunConfig, dump_config, expand_path, sub_seed
 from cluster.evaluation import evaluate
 from cluster.rollout_queue import RolloutQueue
-from learner.checkpoint import latest_checkpoint
+from learner.checkpoint import latest_checkpoint, prune_checkpoints
 from learner.grpo_step import assemble_batch, responses_and_answers, step_record, usable_groups
 from rollout.datasets import EpochSampler, load_questions
 
@@ -178,6 +178,8 @@ def train(
         if _due(train_cfg.save_every, step, last):
             last_saved = run_dir / "checkpoints" / f"step-{step}"
             learner.save(str(last_saved), {"step": step, "data_position": rollouts.data_position})
+            for gone in prune_checkpoints(run_dir / "checkpoints", train_cfg.keep_checkpoints):
+                log.info("removed %s (train.keep_checkpoints=%d)", gone, train_cfg.keep_checkpoints)
         metrics.log(record)
         _show(bar, record)
     bar.close()

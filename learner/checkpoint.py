@@ -120,11 +120,11 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete `step-N` folder with the highest N under `root`, or None."""
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """The complete `step-N` folders under `root`, oldest first."""
     root = Path(root)
     if not root.is_dir():
-        return None
+        return []
     done = [
         p
         for p in root.glob("step-*")
@@ -133,4 +133,20 @@ def latest_checkpoint(root: str | Path) -> Path | None:
         and (p / MANIFEST).is_file()
         and p.name[5:].isdigit()
     ]
-    return max(done, key=lambda p: int(p.name[5:]), default=None)
+    return sorted(done, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete `step-N` folder with the highest N under `root`, or None."""
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (0 keeps all); returns what went.
+    Only after a newer one is complete, so a resumable checkpoint always remains."""
+    done = complete_checkpoints(root)
+    gone = done[:-keep] if keep > 0 else []
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone

@@ -104,3 +104,17 @@ def test_resume_refuses_a_different_world_size(trained, tiny_model_dir, tmp_path
     (Path(path) / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="2 learner ranks"):
         make_learner(tiny_model_dir).load(path)
+
+
+def test_retention_keeps_the_newest_complete_checkpoints_and_never_a_partial_one(tmp_path):
+    from learner.checkpoint import MANIFEST, prune_checkpoints
+
+    for step in (10, 20, 30, 40):
+        (tmp_path / f"step-{step}").mkdir()
+        (tmp_path / f"step-{step}" / MANIFEST).write_text("{}")
+    (tmp_path / "step-50.partial").mkdir()  # a save in progress: neither counted nor the newest
+    assert prune_checkpoints(tmp_path, keep=0) == []
+    gone = prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in gone] == ["step-10", "step-20"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-30", "step-40", "step-50.partial"]
+    assert latest_checkpoint(tmp_path).name == "step-40"
