@@ -113,9 +113,10 @@ def grpo_loss(
 
     Aggregation (`loss_type`):
     - grpo: mean over each response's tokens, then over responses (R1-AQA)
-    - bnpo: mean over all tokens of the batch
+    - bnpo: mean over all tokens of this (micro-)batch; the learner averages micro-batches (TRL's)
     - dr_grpo: sum over tokens / (responses x max_completion_length)
-    - dapo: sum over tokens / `num_items_in_batch` (tokens of the whole step across micro-batches)
+    - dapo: sum over tokens / `num_items_in_batch` (the step's tokens over every micro-batch and
+      rank, divided by the ranks whose gradients DeepSpeed averages: TRL's global normaliser)
     """
     mask = mask.to(logp.dtype)
     if old_logp is None:

@@ -244,6 +244,10 @@ class Learner:
         prepared = [(q, *self._rows(batch, encoded, q)) for q in micro]
         n_responses = sum(rows.completion_ids.size(0) for _, rows, _ in prepared)
         n_tokens = float(sum(rows.completion_mask.sum() for _, rows, _ in prepared))
+        # dapo divides by the step's tokens on every rank (TRL's num_items_in_batch); DeepSpeed then
+        # averages the ranks' gradients, hence / world_size: ranks with short completions are not
+        # over-weighted.
+        step_tokens = self._sum_over_ranks(n_tokens) / self.world_size
         self.engine.set_train_batch_size(len(micro) * self.world_size)  # gradient accumulation = len(micro)
         self.engine.train()
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses
@@ -265,9 +269,9 @@ class Learner:
                     epsilon_high=cfg.epsilon_high,
                     loss_type=cfg.loss_type,
                     max_completion_length=self.config.sampling.max_tokens,
-                    num_items_in_batch=n_tokens,
+                    num_items_in_batch=step_tokens,
                 )
-                weight, tokens_share = self._micro_weight(rows, n_responses, n_tokens)
+                weight, tokens_share = self._micro_weight(rows, n_responses, n_tokens, len(prepared))
                 self.engine.backward(out.loss * weight, scale_wrt_gas=False)
                 if i == len(prepared) - 1:
                     grad_norm = self._grad_norm()
@@ -306,14 +310,25 @@ class Learner:
         ]
         return refs, olds
 
-    def _micro_weight(self, rows, n_responses: int, n_tokens: float) -> tuple[float, float]:
-        """(loss weight, token share) of one micro-batch: weighted so that the micro-batches' sum is
-        the loss over the whole shard, as `loss_type` aggregates it."""
+    def _micro_weight(self, rows, n_responses: int, n_tokens: float, n_micro: int) -> tuple[float, float]:
+        """(loss weight, token share) of one micro-batch, as TRL weighs them: grpo and dr_grpo per
+        response; bnpo each micro-batch's own token mean, averaged over the micro-batches (so it
+        depends on the micro-batch size, as TRL documents); dapo already divided by the step's
+        tokens (`num_items_in_batch`)."""
         tokens_share = float(rows.completion_mask.sum()) / max(n_tokens, 1.0)
         loss_type = self.config.loss.loss_type
         if loss_type in ("grpo", "dr_grpo"):
             return rows.completion_ids.size(0) / n_responses, tokens_share
-        return (tokens_share if loss_type == "bnpo" else 1.0), tokens_share
+        return (1.0 / n_micro if loss_type == "bnpo" else 1.0), tokens_share
+
+    def _sum_over_ranks(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return float(total.item())
 
     def _grad_norm(self) -> float | None:
         """Pre-clipping gradient norm when DeepSpeed does not report one (ZeRO stage 0)."""
