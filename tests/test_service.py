@@ -239,26 +239,26 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
     env = {k: v for k, v in service_env.items() if k != "RAY_ADDRESS"}
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "job"]
     address = ["--address", ray_head["dashboard"]]
-    submitted = subprocess.run(
-        [
-            *ray_cli,
-            "submit",
-            *address,
-            "--no-wait",
-            "--working-dir",
-            ".",
-            "--runtime-env",
-            "deploy/runtime-env.yaml",
-            "--",
-            "python",
-            *train_command(tmp_path / "job-run", max_steps=2, extra=tuple(FAST))[1:],
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    submit = [
+        *ray_cli,
+        "submit",
+        *address,
+        "--no-wait",
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "deploy/runtime-env.yaml",
+        "--",
+        "python",
+        *train_command(tmp_path / "job-run", max_steps=2, extra=tuple(FAST))[1:],
+    ]
+    for _attempt in range(6):  # Ray answers "No available agent ... try again later" while its job
+        submitted = subprocess.run(  # agent is busy registering: do as it says, a few times
+            submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        if submitted.returncode == 0 or "try again later" not in submitted.stderr:
+            break
+        time.sleep(10)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
 
