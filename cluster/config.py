@@ -302,6 +302,12 @@ def validate(config: RunConfig) -> RunConfig:
             "train.overlap_rollout corrects with the rollout engine's log-probs, which vLLM reports at "
             f"temperature 1; sampling.temperature is {config.sampling.temperature}"
         )
+    if config.rollout.engine.tensor_parallel_size != 1:
+        raise ConfigError(
+            "rollout.engine.tensor_parallel_size > 1 is not supported yet: each rollout worker gets one "
+            "placement bundle with rollout.gpus_per_worker GPUs, and vLLM's tensor-parallel workers "
+            "would need their own; run more rollout workers with one GPU each instead (7B fits one GPU)"
+        )
     return config
 
 

@@ -83,6 +83,7 @@ def test_an_old_config_file_names_every_moved_key(tmp_path):
     ("overrides", "message"),
     [
         (["learner.num_ranks=3"], "multiple of learner.num_ranks"),
+        (["rollout.engine.tensor_parallel_size=2"], "tensor_parallel_size > 1 is not supported yet"),
         (["train.overlap_rollout=true", "sampling.temperature=0.8"], "temperature 1"),
     ],
 )
