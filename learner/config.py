@@ -45,6 +45,9 @@ class ParallelConfig:
 
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     zero_stage: int = 0  # 0 to 3
+    # ZeRO-3 only: the frozen reference's partitions live in host memory (DeepSpeed's param offload)
+    # and stream to the device layer by layer; frees its share of GPU memory for activations.
+    reference_offload: bool = False
     micro_batch_questions: int = 1  # questions (with all their completions) per forward/backward
     gradient_checkpointing: bool = False
     # Run each question's prompt (audio included) once and its completions on top of the cached

@@ -8,7 +8,6 @@ DeepSpeed (gloo on CPU, NCCL on GPU).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,15 @@ import numpy as np
 import torch
 
 from learner.config import LearnerConfig
+from learner.deepspeed_setup import (
+    deepspeed_config,
+    init_distributed,
+    lr_lambda,
+    reference_deepspeed_config,
+    zero3_loading,
+)
 from learner.grpo import grpo_loss
-from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
+from learner.policy import CompletionScorer, build_rows, encode_questions
 
 
 @dataclass
@@ -50,65 +56,6 @@ class LearnerBatch:
             [self.advantages[i] for i in rows],
             [self.behaviour_logprobs[i] for i in rows] if self.behaviour_logprobs else None,
         )
-
-
-def _lr_lambda(config: LearnerConfig):
-    optim = config.optimizer
-    if optim.lr_schedule != "constant" and optim.schedule_steps <= optim.warmup_steps:
-        raise ValueError(
-            f"a {optim.lr_schedule} schedule needs schedule_steps ({optim.schedule_steps}) > warmup_steps"
-        )
-    total = optim.schedule_steps
-
-    def factor(step: int) -> float:
-        if step < optim.warmup_steps:
-            return (step + 1) / (optim.warmup_steps + 1)
-        if optim.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        if optim.lr_schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def deepspeed_config(config: LearnerConfig) -> dict[str, Any]:
-    return {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,  # set per step from the batch (set_train_batch_size)
-        "gradient_clipping": config.optimizer.max_grad_norm,
-        "zero_optimization": {"stage": config.parallel.zero_stage},
-        "bf16": {"enabled": config.parallel.dtype == "bfloat16"},
-        "zero_allow_untested_optimizer": True,  # a torch AdamW: no DeepSpeed op to compile
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
-    """Join the learner's process group (a no-op when this process already has one)."""
-    import deepspeed
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    if os.environ.get("TORCH_EXTENSIONS_DIR") == "":
-        # torch reads an empty value as the current folder: DeepSpeed's CPU op would be JIT-built
-        # into whatever folder the process runs in (the repository, under Ray). Use torch's default.
-        del os.environ["TORCH_EXTENSIONS_DIR"]
-    os.environ.update(
-        {
-            "MASTER_ADDR": master_addr,
-            "MASTER_PORT": str(master_port),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank if backend == "gloo" else 0),
-            "WORLD_SIZE": str(world_size),
-        }
-    )
-    deepspeed.init_distributed(
-        dist_backend=backend, auto_mpi_discovery=False, rank=rank, world_size=world_size
-    )
 
 
 class Learner:
@@ -144,36 +91,78 @@ class Learner:
             torch.set_num_threads((os.cpu_count() or 1) if threads < 0 else threads)
 
         self.processor = AutoProcessor.from_pretrained(self.model_path)
-        policy = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=torch.float32)
+        # Loaded straight in the training dtype (DeepSpeed keeps the fp32 master copy of its own
+        # partition only); under ZeRO-3 each rank materialises only its partition.
+        dtype, ds_config = getattr(torch, parallel.dtype), deepspeed_config(config)
+        with zero3_loading(ds_config):
+            policy = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
         if parallel.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(
             policy.parameters(), lr=optim.lr, betas=optim.adam_betas, weight_decay=optim.weight_decay
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+        scorer = CompletionScorer(policy, config.sampling.temperature, parallel.share_prompt)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config)
+            model=scorer, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         if parallel.zero_stage == 3:
             # The audio encoder reads embed_positions.weight directly rather than through a forward
             # call, so ZeRO-3 would never gather it; register it with the encoder that uses it.
-            tower = self.engine.module.model.audio_tower
+            tower = self.model.model.audio_tower
             deepspeed.zero.register_external_parameter(tower, tower.embed_positions.weight)
-        self.reference = None
-        if config.loss.beta != 0.0:
-            dtype = getattr(torch, parallel.dtype)
-            self.reference = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
-            self.reference.to(self.device).eval().requires_grad_(False)
-        generation = self.engine.module.generation_config
+        self.reference = self._build_reference(dtype) if config.loss.beta != 0.0 else None
+        generation = self.model.generation_config
         eos = generation.eos_token_id
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.step = 0
         self._sender = None  # the weight transfer's trainer engine (init_weight_transfer)
 
+    def _build_reference(self, dtype: torch.dtype):
+        """The frozen reference scorer: under ZeRO-3 its own inference engine, sharded over the ranks
+        (optionally offloaded); otherwise a whole copy on this rank's device."""
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        parallel = self.config.parallel
+        if parallel.reference_offload and parallel.zero_stage != 3:
+            raise ValueError("learner.parallel.reference_offload needs learner.parallel.zero_stage: 3")
+        ds_config = reference_deepspeed_config(self.config)
+        with zero3_loading(ds_config) if parallel.zero_stage == 3 else contextlib.nullcontext():
+            model = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
+        model.eval().requires_grad_(False)
+        scorer = CompletionScorer(model, self.config.sampling.temperature, parallel.share_prompt)
+        if parallel.zero_stage != 3:
+            return scorer.to(self.device)
+        import deepspeed
+
+        engine, *_ = deepspeed.initialize(model=scorer, config=ds_config)
+        engine.eval()
+        return engine
+
     @property
     def model(self):
-        return self.engine.module
+        """The Hugging Face policy model (inside the DeepSpeed engine's scorer)."""
+        return self.engine.module.model
+
+    def zero3_traces(self) -> dict[str, str]:
+        """ZeRO-3's parameter-trace state per engine ("complete" once a step's order is recorded and
+        prefetching runs; "record"/"invalid" before); empty under other stages."""
+        engines = {"policy": self.engine, "reference": self.reference}
+        out = {}
+        for name, engine in engines.items():
+            offload = getattr(engine, "optimizer", None)
+            offload = getattr(offload, "parameter_offload", offload)
+            if offload is not None and hasattr(offload, "get_param_coordinator"):
+                coordinator = offload.get_param_coordinator()
+                states = ("complete", "record", "invalid")
+                checks = (
+                    coordinator.is_complete_trace,
+                    coordinator.is_record_trace,
+                    coordinator.is_invalid_trace,
+                )
+                out[name] = next(state for state, check in zip(states, checks, strict=True) if check())
+        return out
 
     def gathered(self, params: list | None = None):
         """A context in which `params` (default: all) are whole on every rank (ZeRO-3 gathers their
@@ -224,13 +213,10 @@ class Learner:
             out[row, : len(values)] = torch.tensor(values)
         return out
 
-    def _logprobs(self, model, rows, encoded, questions: list[int]) -> torch.Tensor:
-        audio = audio_embeddings(
-            model, encoded.input_features[questions], encoded.feature_attention_mask[questions]
-        )
-        return completion_logprobs(
-            model, rows, audio, self.config.sampling.temperature, self.config.parallel.share_prompt
-        )
+    @staticmethod
+    def _logprobs(scorer, rows, encoded, questions: list[int]) -> torch.Tensor:
+        """Through the scorer's (the DeepSpeed engine's) forward: one root forward per micro-batch."""
+        return scorer(rows, encoded.input_features[questions], encoded.feature_attention_mask[questions])
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One GRPO update (or `updates_per_batch` of them) on this rank's share of the batch."""
@@ -257,7 +243,7 @@ class Learner:
         grad_norm = None
         for _ in range(cfg.updates_per_batch):
             for i, ((q, rows, advantages), ref, old) in enumerate(zip(prepared, refs, olds, strict=True)):
-                logp = self._logprobs(self.model, rows, encoded, q)
+                logp = self._logprobs(self.engine, rows, encoded, q)
                 out = grpo_loss(
                     logp,
                     ref,
@@ -303,7 +289,7 @@ class Learner:
         olds = [
             self._behaviour(batch, q, rows.completion_ids.size(1))
             if batch.behaviour_logprobs
-            else self._logprobs(self.model, rows, encoded, q)
+            else self._logprobs(self.engine, rows, encoded, q)
             if self.config.loss.updates_per_batch > 1
             else None
             for q, rows, _ in prepared
@@ -360,8 +346,21 @@ class Learner:
         return self._sender.send(version)
 
     def flat_parameters(self) -> np.ndarray:
-        """All weights as one float32 vector (tests compare ranks and runs with it)."""
-        return torch.cat([p.detach().float().flatten() for p in self.model.parameters()]).numpy()
+        """All weights as one float32 vector (tests compare ranks and runs with it). Collective."""
+        with self.gathered():
+            return torch.cat([p.detach().float().flatten() for p in self.model.parameters()]).numpy()
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of weights this rank holds, of the policy and of the reference, and their whole size:
+        under ZeRO-3 a rank holds its partition only."""
+
+        def held(model) -> tuple[int, int]:
+            params = list(model.parameters()) if model is not None else []
+            mine = sum(getattr(p, "ds_tensor", p).numel() * p.element_size() for p in params)
+            return mine, sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params)
+
+        (policy, whole), (reference, _) = held(self.model), held(self.reference)
+        return {"policy": policy, "reference": reference, "model": whole}
 
     def save(self, directory: str, state: dict[str, Any] | None = None) -> str:
         from learner.checkpoint import save_checkpoint

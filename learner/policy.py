@@ -183,3 +183,25 @@ def completion_logprobs(
         ).last_hidden_state[:, start - 1 : start - 1 + length]
     logits = model.lm_head(hidden)
     return token_logprobs(logits, batch.completion_ids.to(device), temperature)
+
+
+class CompletionScorer(torch.nn.Module):
+    """A model's completion log-probs behind one `forward`: audio encoded once per clip, then the
+    completions (`completion_logprobs`).
+
+    DeepSpeed wraps this module rather than the HF model: under ZeRO-3 its hooks see one root
+    forward per micro-batch, which is what closes a step's parameter trace (the trace resets at the
+    root's forward) and turns on prefetching. Calling the towers directly would leave the trace
+    open forever and every all-gather on demand.
+    """
+
+    def __init__(self, model: torch.nn.Module, temperature: float = 1.0, share_prompt: bool = True):
+        super().__init__()
+        self.model = model
+        self.temperature, self.share_prompt = temperature, share_prompt
+
+    def forward(
+        self, rows: CompletionBatch, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        audio = audio_embeddings(self.model, input_features, feature_attention_mask)
+        return completion_logprobs(self.model, rows, audio, self.temperature, self.share_prompt)
