@@ -121,6 +121,9 @@ def _config(args: argparse.Namespace):
     for key in ("host", "port"):
         if getattr(args, f"serve_{key}", None) is not None:
             overrides.append(f"serve.{key}={getattr(args, f'serve_{key}')}")
+    for key in ("nodes", "gpus_per_node", "gpu_gib", "host_gib"):
+        if getattr(args, key, None) is not None:
+            overrides.append(f"hardware.{key}={getattr(args, key)}")
     if getattr(args, "resume", None):
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
@@ -161,6 +164,16 @@ def prepare(args: argparse.Namespace) -> int:
     prepare_assets(_config(args))
     print("assets ready")
     return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Print the memory plan; exit status 1 when the config does not fit."""
+    from cluster.plan import detect_hardware, make_plan
+
+    config = _config(args)
+    result = make_plan(config, detect_hardware(config))
+    print(f"config: {args.config}  model: {config.model.path}\n{result.render()}")
+    return 0 if result.fits else 1
 
 
 def _token(args: argparse.Namespace, host: str) -> str | None:

@@ -92,6 +92,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="bearer token for the endpoint (or $AUDIO_GRPO_TOKEN)")
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--nodes", type=int, default=None, help="default: hardware.nodes")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="default: hardware.gpus_per_node")
+    p.add_argument("--gpu-gib", type=float, default=None, help="GPU memory; default: hardware.gpu_gib")
+    p.add_argument(
+        "--host-gib", type=float, default=None, help="host memory per node; default: hardware.host_gib"
+    )
+
+
 def _evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an HF-format Qwen2-Audio folder")
     p.add_argument("--data", required=True, help="MMAU-format JSON (or AVQA JSON lines)")
@@ -130,6 +140,12 @@ def subcommands() -> list[Command]:
             "build the tiny model and synthetic data a config asks for (train does this first)",
             _config_args,
             commands.prepare,
+        ),
+        (
+            "plan",
+            "each actor's memory against the hardware, and whether the config fits (train checks it too)",
+            _plan_args,
+            commands.plan,
         ),
         ("eval", "evaluate a checkpoint on MMAU-format data with vLLM", _evaluation_args, commands.evaluate),
         (

@@ -62,6 +62,9 @@ class RolloutConfig:
     num_workers: int = 1
     gpus_per_worker: float = 1.0  # 0 on CPU
     cpus_per_worker: float = 1.0
+    # A custom Ray resource every worker's bundle asks a sliver of: the workers go to the nodes that
+    # advertise it (`ray start --resources '{"rollout_node": 8}'`). "" = anywhere.
+    node_resource: str = ""
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -70,6 +73,7 @@ class LearnerGroupConfig:
     num_ranks: int = 1
     gpus_per_rank: float = 1.0  # 0 on CPU
     cpus_per_rank: float = 1.0
+    node_resource: str = ""  # as rollout.node_resource, for the learner ranks
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -99,6 +103,18 @@ class ServeConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """What the run will be given, for the memory plan (`audio-grpo plan`; `train` checks it before
+    any actor starts). 0 = this machine's: host memory, and GPU 0's memory and count."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    gpu_gib: float = 0.0
+    host_gib: float = 0.0
+    check: bool = True  # train refuses a config the plan says cannot fit
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

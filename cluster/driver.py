@@ -131,9 +131,12 @@ def train(
     `start_endpoint(options) -> actor`: the live endpoint (`deploy.live.endpoint_starter`), which
     receives every weight update like a rollout worker (with `serve.enabled`)."""
     from cluster.metrics import MetricsSink
+    from cluster.plan import check_fits
 
+    plan = check_fits(config)  # before anything starts: a config that cannot fit stops here
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
+    (run_dir / "plan.txt").write_text(plan.render() + "\n")
     train_set, eval_set, skipped_rows = _load_data(config)
     train_cfg, sampling = config.train, config.sampling
     placement, learner, pool, rewards = _start_actors(config, start_endpoint)

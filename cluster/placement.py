@@ -36,8 +36,15 @@ class Placement:
         }
 
 
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+NODE_RESOURCE_SHARE = 0.001  # what a bundle asks of its kind's node resource: only where it goes
+
+
+def _bundle(cpus: float, gpus: float, node_resource: str = "") -> dict[str, float]:
+    return {
+        "CPU": cpus,
+        **({"GPU": gpus} if gpus else {}),
+        **({node_resource: NODE_RESOURCE_SHARE} if node_resource else {}),
+    }
 
 
 def required_cpus(config: RunConfig) -> float:
@@ -51,11 +58,13 @@ def required_cpus(config: RunConfig) -> float:
 
 def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
     learner, rollout = config.learner, config.rollout
-    bundles = [_bundle(learner.cpus_per_rank, learner.gpus_per_rank) for _ in range(learner.num_ranks)]
-    bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker) for _ in range(rollout.num_workers)]
+    learner_bundle = _bundle(learner.cpus_per_rank, learner.gpus_per_rank, learner.node_resource)
+    rollout_bundle = _bundle(rollout.cpus_per_worker, rollout.gpus_per_worker, rollout.node_resource)
+    bundles = [dict(learner_bundle) for _ in range(learner.num_ranks)]
+    bundles += [dict(rollout_bundle) for _ in range(rollout.num_workers)]
     bundles += [_bundle(0.1, 0) for _ in range(config.reward.num_actors)]
     n_serve = int(config.serve.enabled)
-    bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker) for _ in range(n_serve)]
+    bundles += [dict(rollout_bundle) for _ in range(n_serve)]
     group = placement_group(
         bundles, strategy=config.train.placement_strategy, name=f"audio-grpo-{config.name}"
     )

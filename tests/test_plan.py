@@ -1,0 +1,89 @@
+"""The memory plan (`audio-grpo plan`, checked by `train` before anything starts): the GPU presets
+fit the hardware they name and not less, advice names the setting, and the estimate of the
+learner's state matches what a real learner holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_learner, pitch_batch, run_cli
+
+from cluster.config import ConfigError, load_config
+from cluster.plan import GIB, Hardware, check_fits, learner_needs, make_plan, model_shape
+
+
+def test_qwen2_audio_7b_shape_from_its_bundled_config():
+    shape = model_shape("/models/Qwen2-Audio-7B-Instruct")  # not on disk: the bundled shape
+    assert 8.39e9 < shape.params < 8.41e9 and shape.vocab == 156032 and shape.audio_tokens == 750
+
+
+@pytest.mark.parametrize(
+    ("preset", "nodes", "gpu_gib"), [("r1-aqa", 1, 80), ("r1-aqa-h200", 1, 141), ("r1-aqa-2node", 2, 80)]
+)
+def test_gpu_presets_fit_the_hardware_they_name(preset, nodes, gpu_gib):
+    config = load_config(preset)
+    assert (config.hardware.nodes, config.hardware.gpus_per_node, config.hardware.gpu_gib) == (
+        nodes,
+        8,
+        gpu_gib,
+    )
+    plan = make_plan(config, Hardware(nodes, 8, gpu_gib, 1024))
+    assert plan.fits, plan.render()
+    learner = plan.actors[0]
+    assert 0.4 < learner.total() / (gpu_gib * GIB) < 1.0  # uses the card, with room to spare
+
+
+def test_a_config_that_cannot_fit_is_refused_with_the_setting_to_change():
+    config = load_config("r1-aqa")
+    small_cards = make_plan(config, Hardware(1, 8, 40, 1024))
+    assert not small_cards.fits
+    assert "reference_offload" in small_cards.render() and "num_ranks" in small_cards.render()
+    no_zero3 = make_plan(load_config("r1-aqa", ["learner.parallel.zero_stage=1"]), Hardware(1, 8, 80, 1024))
+    assert not no_zero3.fits and "zero_stage: 3" in no_zero3.render()
+    one_node = make_plan(load_config("r1-aqa-2node"), Hardware(1, 8, 80, 1024))
+    assert "ask for 16 GPUs" in one_node.render()
+    short_kv = make_plan(
+        load_config("r1-aqa", ["rollout.engine.gpu_memory_utilization=0.22"]), Hardware(1, 8, 80, 1024)
+    )
+    assert "gpu_memory_utilization" in short_kv.render() and not short_kv.fits
+    host = make_plan(load_config("r1-aqa", ["learner.parallel.zero_stage=2"]), Hardware(1, 8, 141, 60))
+    assert "host memory" in host.render()
+    with pytest.raises(ConfigError, match="does not fit its hardware"):
+        check_fits(load_config("r1-aqa", ["hardware.gpu_gib=24", "hardware.host_gib=1024"]))
+
+
+def test_estimated_learner_state_matches_a_real_learner(tiny_model_dir):
+    """Weights, Adam state and reference as the plan counts them against the tensors a float32
+    ZeRO-0 learner holds after a step (gradients are freed by then and counted as one more copy)."""
+    learner = make_learner(tiny_model_dir)
+    learner.train_step(pitch_batch(learner.processor.tokenizer))
+    measured = sum(p.numel() * p.element_size() for p in learner.model.parameters())
+    measured += sum(
+        t.numel() * t.element_size()
+        for state in learner.optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
+    measured += sum(p.numel() * p.element_size() for p in learner.reference.parameters())
+    config = load_config(
+        "tiny-cpu",
+        [f"model.path={tiny_model_dir}", "learner.parallel.dtype=float32", "learner.loss.beta=0.04"],
+    )
+    needs = {n.item.split(" (")[0]: n.nbytes for n in learner_needs(config, model_shape(str(tiny_model_dir)))}
+    estimate = needs["weights"] + needs["optimizer state"] + needs["reference model"]
+    assert estimate == pytest.approx(measured, rel=0.02), (estimate, measured)
+
+
+def test_plan_command_and_train_refuse_what_cannot_fit(tiny_model_dir, tmp_path):
+    fits = run_cli("plan", "--config", "r1-aqa", "--host-gib", "1024")
+    assert fits.returncode == 0 and "verdict: fits" in fits.stdout
+    too_small = run_cli("plan", "--config", "r1-aqa", "--gpu-gib", "24", "--host-gib", "1024")
+    assert too_small.returncode == 1 and "DOES NOT FIT" in too_small.stdout
+    train = run_cli(
+        "train", "--config", "tiny-cpu", "--run-dir", str(tmp_path / "run"), "--no-progress",
+        "--set", f"model.path={tiny_model_dir}", "--set", f"data.train={tmp_path}/d/train.jsonl",
+        "--set", f"data.eval={tmp_path}/d/test.json", "--set", "data.synthetic_items=16",
+        "--set", "hardware.host_gib=1",
+    )  # fmt: skip
+    assert train.returncode == 2 and "does not fit its hardware" in train.stderr, train.stderr[-2000:]
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything started
