@@ -131,6 +131,7 @@ def train(
     `start_endpoint(options) -> actor`: the live endpoint (`deploy.live.endpoint_starter`), which
     receives every weight update like a rollout worker (with `serve.enabled`)."""
     from cluster.metrics import MetricsSink
+    from cluster.placement import placement_record
     from cluster.plan import check_fits
 
     plan = check_fits(config)  # before anything starts: a config that cannot fit stops here
@@ -140,6 +141,7 @@ def train(
     train_set, eval_set, skipped_rows = _load_data(config)
     train_cfg, sampling = config.train, config.sampling
     placement, learner, pool, rewards = _start_actors(config, start_endpoint)
+    (run_dir / "placement.json").write_text(json.dumps(placement_record(placement), indent=1))
     start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
     draw = _question_source(train_set, config, position)
     queue = RolloutQueue(pool, draw, sampling, ahead=train_cfg.overlap_rollout)

@@ -93,3 +93,36 @@ def _address_here() -> tuple[str, int]:
 def address_in_bundle(placement: Placement, bundle: int) -> tuple[str, int]:
     """IP and a free port on the node that holds `bundle` (where a rendezvous master will listen)."""
     return ray.get(_address_here.options(**placement.options(bundle, 0, 0)).remote())
+
+
+def placement_record(placement: Placement) -> dict[str, list[dict]]:
+    """Per actor kind, the node of each of its bundles (id, address, custom resources): written to
+    the run directory so where everything ran is on record."""
+    from ray.util.placement_group import placement_group_table
+
+    bundle_nodes = placement_group_table(placement.group)["bundles_to_node_id"]
+    nodes = {n["NodeID"]: n for n in ray.nodes()}
+    kinds = {
+        "learner": placement.learner_bundles,
+        "rollout": placement.rollout_bundles,
+        "reward": placement.reward_bundles,
+        "serve": placement.serve_bundles,
+    }
+    record = {}
+    for kind, bundles in kinds.items():
+        record[kind] = []
+        for bundle in bundles:
+            node = nodes.get(bundle_nodes.get(bundle), {})
+            custom = {
+                k: v
+                for k, v in node.get("Resources", {}).items()
+                if k not in ("CPU", "GPU", "memory", "object_store_memory") and ":" not in k
+            }
+            record[kind].append(
+                {
+                    "node_id": node.get("NodeID"),
+                    "address": node.get("NodeManagerAddress"),
+                    "resources": custom,
+                }
+            )
+    return record

@@ -1,0 +1,537 @@
+"""The memory planner's estimates (`cluster.plan`) against real CUDA peaks, on one GPU, no weights.
+
+    python bench/gpu_check.py [--layers 8] [--audio-layers 8] [--completion-tokens 256]
+                              [--out bench/results/gpu_check.json]
+    python bench/gpu_check.py --tiny --device cpu      (the code path only; what the test runs)
+
+A Qwen2-Audio-7B-shaped model (the bundled config: hidden 4096, vocab 156032) with fewer decoder
+and encoder layers, random weights made straight on the device in bfloat16. No vLLM, Ray,
+DeepSpeed, network or model hub is needed. Three cases, each on its own (one failing still lets
+the others run; the exit status is 0 only if all ran and agreed):
+
+A  learner step: the learner's micro-batch (1 question, 8 completions of --completion-tokens, a
+   30 s clip = 750 audio tokens + the planner's prompt text) through `CompletionScorer`, forward
+   and backward, gradient checkpointing off and on; the peak allocated over weights + gradients
+   against the planner's activation items (`_activation_needs`).
+B  token_logprobs: logits [8, T, vocab] -> `learner.grpo.token_logprobs` against a naive float32
+   log_softmax + gather: the extra peak of each (forward + backward), and that they agree.
+C  optimizer state: torch AdamW's state after one step over the model's parameters against the
+   planner's 16 B/param (DeepSpeed's fp32 master, moments and gradient partition).
+
+`--tiny` uses a tiny model folder (assets.tiny_model, float32, with its processor); on a CPU
+nothing is measured ("n/a") but every forward, backward and estimate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on the GPU machine: fail, never wait on a download
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+BUNDLED = "Qwen2-Audio-7B-Instruct"
+QUESTION, CHOICES = "Which sound is in the clip?", ["a dog", "a car", "rain", "speech"]
+
+
+def _stub_if_missing(name: str) -> None:
+    """rollout.audio imports soundfile and soxr at module level but only its loader uses them; a
+    bare GPU machine may lack them. A stand-in that fails on use, only when the real one is absent."""
+    try:
+        __import__(name)
+    except ImportError:
+
+        def missing(attr: str):
+            raise ImportError(f"{name} is not installed here (gpu_check stand-in; needed for {attr})")
+
+        stub = types.ModuleType(name)
+        stub.__getattr__ = missing
+        sys.modules[name] = stub
+
+
+for _name in ("soundfile", "soxr"):
+    _stub_if_missing(_name)
+
+from cluster.plan import (  # noqa: E402
+    GIB,
+    MODEL_CONFIGS,
+    PROMPT_TEXT_TOKENS,
+    ModelShape,
+    _activation_needs,
+    learner_needs,
+    model_shape,
+)
+from learner.grpo import token_logprobs  # noqa: E402
+from learner.policy import CompletionBatch, CompletionScorer, build_rows, encode_questions  # noqa: E402
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+class Meter:
+    """CUDA's allocated-bytes counters; on a CPU every figure is None ("n/a")."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.base = 0
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def start(self) -> None:
+        """From here, peaks count above what is allocated now."""
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            self.base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def now(self) -> int | None:
+        return torch.cuda.memory_allocated() - self.base if self.cuda else None
+
+    def peak(self) -> int | None:
+        self.sync()
+        return torch.cuda.max_memory_allocated() - self.base if self.cuda else None
+
+
+def gib(nbytes: float | None) -> float | None:
+    return None if nbytes is None else round(nbytes / GIB, 4)
+
+
+def error_pct(estimate: float, measured: float | None) -> float | None:
+    return None if not measured else round(100.0 * (estimate - measured) / measured, 1)
+
+
+def fmt(value: float | None, unit: str = " GiB") -> str:
+    return "n/a" if value is None else f"{value:.3f}{unit}"
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# -- the model, its shape and the planner's config --------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setup:
+    model: torch.nn.Module
+    shape: ModelShape  # the planner's shape of this (reduced) model
+    dtype: torch.dtype
+    prompt_ids: list[int]
+    input_features: torch.Tensor  # [1, 128, 3000]
+    feature_attention_mask: torch.Tensor  # [1, 3000]
+    pad_id: int
+    eos_ids: list[int]
+    prompt_source: str
+
+
+def reduced_config(layers: int, audio_layers: int):
+    """The bundled 7B config with fewer decoder and encoder layers (read as cluster.plan does)."""
+    from transformers import Qwen2AudioConfig
+
+    raw = json.loads((MODEL_CONFIGS / f"{BUNDLED}.json").read_text())
+    values = {k: v for k, v in raw.items() if not k.startswith("_")}
+    values["text_config"] = {**values["text_config"], "num_hidden_layers": layers}
+    values["audio_config"] = {**values["audio_config"], "encoder_layers": audio_layers}
+    return Qwen2AudioConfig(**values)
+
+
+def random_model(layers: int, audio_layers: int, device: torch.device, dtype: torch.dtype):
+    """Random weights made where they live, in `dtype` (no float32 copy, no host copy)."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    config = reduced_config(layers, audio_layers)
+    with torch.device(device):
+        model = Qwen2AudioForConditionalGeneration._from_config(config, dtype=dtype)
+    return model
+
+
+def synthetic_prompt(config, audio_tokens: int, text_tokens: int, generator: torch.Generator) -> list[int]:
+    """A prompt as the processor lays it out: text, <|AUDIO|> x audio_tokens, text (no tokenizer here)."""
+    text = torch.randint(0, 151_000, (text_tokens,), generator=generator).tolist()
+    head = text_tokens // 3  # system turn and "Audio 1: <|audio_bos|>" before the clip
+    return text[:head] + [config.audio_token_id] * audio_tokens + text[head:]
+
+
+def build_setup(args, device: torch.device, workdir: Path) -> Setup:
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(0)
+    seconds = 30.0
+    if args.tiny:
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        from assets.tiny_model import make_tiny
+
+        folder = make_tiny(workdir / "tiny", size="tiny", seed=0)
+        dtype = torch.float32
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device)
+        processor = AutoProcessor.from_pretrained(folder)
+        t = np.arange(int(seconds * 16_000)) / 16_000
+        wave = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+        encoded = encode_questions(processor, [(QUESTION, CHOICES)], [wave])
+        eos = model.generation_config.eos_token_id
+        shape = model_shape(str(folder))
+        return Setup(
+            model,
+            shape,
+            dtype,
+            encoded.prompt_ids[0],
+            encoded.input_features,
+            encoded.feature_attention_mask,
+            processor.tokenizer.pad_token_id,
+            eos if isinstance(eos, list) else [eos],
+            "encode_questions (tiny processor)",
+        )
+    dtype = torch.bfloat16
+    model = random_model(args.layers, args.audio_layers, device, dtype)
+    full = model_shape(BUNDLED)
+    shape = dataclasses.replace(
+        full,
+        layers=args.layers,
+        audio_layers=args.audio_layers,
+        params=sum(p.numel() for p in model.parameters()),
+    )
+    prompt = synthetic_prompt(model.config, shape.audio_tokens, PROMPT_TEXT_TOKENS, generator)
+    features = torch.randn(1, 128, 3000, generator=generator)
+    mask = torch.ones(1, 3000, dtype=torch.long)
+    # Qwen2's <|endoftext|> (padding) and <|im_end|> (end of turn).
+    return Setup(model, shape, dtype, prompt, features, mask, 151643, [151645], "synthetic ids")
+
+
+def completions(setup: Setup, group: int, length: int, generator: torch.Generator) -> list[list[int]]:
+    """`group` completions of exactly `length` ordinary tokens (no end, padding or audio token)."""
+    vocab = setup.model.config.text_config.vocab_size
+    special = set(setup.eos_ids) | {setup.pad_id, setup.model.config.audio_token_id}
+    ids = torch.randint(0, min(vocab, 151_000), (group, length), generator=generator)
+    for token in special:
+        ids[ids == token] = 1 if token != 1 else 2
+    return ids.tolist()
+
+
+def planner_config(args, dtype: torch.dtype, checkpointing: bool):
+    """The run the learner would read: the H200 preset at this micro-batch, one rank, ZeRO off."""
+    from cluster.config import load_config
+
+    overrides = [
+        f"sampling.n={args.group}",
+        f"sampling.max_tokens={args.completion_tokens}",
+        "learner.num_ranks=1",
+        "learner.parallel.micro_batch_questions=1",
+        "learner.parallel.zero_stage=0",
+        "learner.parallel.share_prompt=true",
+        f"learner.parallel.dtype={'bfloat16' if dtype == torch.bfloat16 else 'float32'}",
+        f"learner.parallel.gradient_checkpointing={'true' if checkpointing else 'false'}",
+    ]
+    return load_config("r1-aqa-h200", overrides)
+
+
+# -- case A: one learner micro-batch ----------------------------------------------------------------
+
+
+def learner_step(args, setup: Setup, device: torch.device, meter: Meter) -> dict:
+    model = setup.model
+    generator = torch.Generator().manual_seed(1)
+    rows: CompletionBatch = build_rows(
+        [setup.prompt_ids],
+        completions(setup, args.group, args.completion_tokens, generator),
+        [0] * args.group,
+        setup.pad_id,
+        setup.eos_ids,
+    )
+    features = setup.input_features.to(device)
+    feature_mask = setup.feature_attention_mask.to(device)
+    scorer = CompletionScorer(model, temperature=1.0, share_prompt=True)  # as the learner builds it
+    model.train()
+    params = list(model.parameters())
+    state_bytes = sum(p.numel() * p.element_size() for p in params)
+    out: dict = {
+        "prompt_tokens": rows.prompt_length,
+        "prompt_source": setup.prompt_source,
+        "completions": args.group,
+        "completion_tokens": args.completion_tokens,
+        "measured_weights_gib": gib(state_bytes),
+        "measured_gradients_gib": gib(state_bytes),
+        "runs": [],
+    }
+    planned = {n.item: n.nbytes for n in learner_needs(planner_config(args, setup.dtype, False), setup.shape)}
+    out["estimate_weights_gib"] = gib(planned["weights"])
+    out["estimate_gradients_gib"] = gib(planned["gradients"])
+
+    def step() -> tuple[torch.Tensor, int | None]:
+        logp = scorer(rows, features, feature_mask)
+        after_forward = meter.now()
+        loss = -logp.mean()
+        loss.backward()
+        return loss.detach(), after_forward
+
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        else:
+            model.gradient_checkpointing_disable()
+        started = time.perf_counter()
+        step()  # warm-up: gradients allocated (kept, zeroed), kernels and workspaces chosen
+        meter.sync()
+        warm_s = time.perf_counter() - started
+        model.zero_grad(set_to_none=False)
+        meter.start()  # weights + gradients (+ inputs) are the baseline
+        started = time.perf_counter()
+        loss, after_forward = step()
+        peak = meter.peak()
+        seconds = time.perf_counter() - started
+        model.zero_grad(set_to_none=False)
+        config = planner_config(args, setup.dtype, checkpointing)
+        needs = _activation_needs(config, setup.shape, setup.model.dtype.itemsize)
+        estimate = sum(n.nbytes for n in needs)
+        out["runs"].append(
+            {
+                "gradient_checkpointing": checkpointing,
+                "estimate_gib": gib(estimate),
+                "estimate_items_gib": {n.item: gib(n.nbytes) for n in needs},
+                "measured_gib": gib(peak),
+                "measured_after_forward_gib": gib(after_forward),
+                "error_pct": error_pct(estimate, peak),
+                "loss": round(float(loss), 4),
+                "step_s": round(seconds, 3),
+                "warmup_s": round(warm_s, 3),
+            }
+        )
+        del loss
+        free(device)
+    model.gradient_checkpointing_disable()
+    return out
+
+
+# -- case B: token_logprobs against a naive float32 log_softmax -------------------------------------
+
+
+def naive_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1).gather(2, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs_case(args, setup: Setup, device: torch.device, meter: Meter) -> dict:
+    vocab = setup.model.config.text_config.vocab_size
+    dtype = setup.model.dtype
+    rows, length = args.group, args.completion_tokens
+    generator = torch.Generator(device=device).manual_seed(2)
+    logits_bytes = rows * length * vocab * dtype.itemsize
+    config = planner_config(args, dtype, False)
+    logit_need = next(n for n in _activation_needs(config, setup.shape, dtype.itemsize) if "logits" in n.item)
+    # The planner's logits item less the logits themselves: their gradient + one row's float32 pass.
+    estimate = logit_need.nbytes - logits_bytes
+    out: dict = {"logits_shape": [rows, length, vocab], "dtype": str(dtype), "logits_gib": gib(logits_bytes)}
+    out["estimate_ours_extra_gib"] = gib(estimate)
+    ids = torch.randint(0, vocab, (rows, length), device=device, generator=generator)
+    results = {}
+    for name, fn in (("ours", token_logprobs), ("naive", naive_logprobs)):
+        logits = (3.0 * torch.randn(rows, length, vocab, device=device, generator=generator.manual_seed(3))).to(
+            dtype
+        )
+        logits.requires_grad_(True)
+        fn(logits, ids).sum().backward()  # warm-up
+        logits.grad = None
+        meter.start()
+        started = time.perf_counter()
+        values = fn(logits, ids)
+        after_forward = meter.now()
+        values.sum().backward()
+        peak = meter.peak()
+        results[name] = (values.detach(), logits.grad.float().abs().max().item())
+        out[f"{name}_peak_extra_gib"] = gib(peak)
+        out[f"{name}_after_forward_gib"] = gib(after_forward)
+        out[f"{name}_s"] = round(time.perf_counter() - started, 4)
+        del logits, values
+        free(device)
+    diff = (results["ours"][0] - results["naive"][0]).abs().max().item()
+    out["max_abs_diff"] = diff
+    out["agree"] = bool(diff <= 1e-2)
+    out["error_pct_ours"] = error_pct(estimate, (out["ours_peak_extra_gib"] or 0) * GIB)
+    if not out["agree"]:
+        raise AssertionError(f"token_logprobs and the naive log_softmax differ by {diff:.3g} (> 1e-2)")
+    return out
+
+
+# -- case C: optimizer state ------------------------------------------------------------------------
+
+
+def optimizer_case(args, setup: Setup, device: torch.device, meter: Meter) -> dict:
+    model = setup.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    count = sum(p.numel() for p in params)
+    config = planner_config(args, setup.dtype, False)
+    need = next(n for n in learner_needs(config, setup.shape) if n.item.startswith("optimizer"))
+    optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.0)
+    meter.start()
+    started = time.perf_counter()
+    optimizer.step()
+    peak = meter.peak()
+    seconds = time.perf_counter() - started
+    state = sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+    )
+    out = {
+        "params": count,
+        "param_dtype": str(params[0].dtype),
+        "planner_params": setup.shape.params,
+        "estimate_gib": gib(need.nbytes),
+        "estimate_bytes_per_param": round(need.nbytes / setup.shape.params, 2),
+        "estimate_item": need.item,
+        "torch_adamw_state_gib": gib(state),
+        "torch_adamw_bytes_per_param": round(state / count, 2),
+        "step_peak_extra_gib": gib(peak),
+        "step_s": round(seconds, 3),
+        "note": "torch AdamW keeps both moments in the parameters' dtype; DeepSpeed's bf16 run keeps "
+        "an fp32 master, fp32 moments and an fp32 gradient partition (the planner's 16 B/param)",
+    }
+    del optimizer
+    free(device)
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def device_header(device: torch.device) -> dict:
+    import transformers
+
+    header = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        header.update(name=props.name, total_gib=gib(props.total_memory), cuda=torch.version.cuda)
+    else:
+        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        header.update(name=platform.processor() or platform.machine(), total_gib=gib(pages))
+    return header
+
+
+def print_case(name: str, result: dict) -> None:
+    if result.get("status") != "ok":
+        print(f"\n[{name}] FAILED: {result.get('error')}")
+        return
+    print(f"\n[{name}]")
+    if name == "learner_step":
+        print(
+            f"  weights {fmt(result['measured_weights_gib'])} (planner {fmt(result['estimate_weights_gib'])}), "
+            f"gradients {fmt(result['measured_gradients_gib'])}; prompt {result['prompt_tokens']} tokens "
+            f"({result['prompt_source']}), {result['completions']} x {result['completion_tokens']} completion"
+        )
+        for run in result["runs"]:
+            ckpt = "on " if run["gradient_checkpointing"] else "off"
+            pct = "n/a" if run["error_pct"] is None else f"{run['error_pct']:+.1f}%"
+            print(
+                f"  checkpointing {ckpt}: activations estimate {fmt(run['estimate_gib'])}, measured "
+                f"{fmt(run['measured_gib'])} (after forward {fmt(run['measured_after_forward_gib'])}), "
+                f"error {pct}, step {run['step_s']:.2f} s"
+            )
+            for item, value in run["estimate_items_gib"].items():
+                print(f"      {fmt(value):>12}  {item}")
+    elif name == "token_logprobs":
+        pct = "n/a" if result["error_pct_ours"] is None else f"{result['error_pct_ours']:+.1f}%"
+        print(
+            f"  logits {result['logits_shape']} {result['dtype']}: {fmt(result['logits_gib'])}; extra peak "
+            f"(forward + backward) ours {fmt(result['ours_peak_extra_gib'])} (planner "
+            f"{fmt(result['estimate_ours_extra_gib'])}, error {pct}), naive float32 "
+            f"{fmt(result['naive_peak_extra_gib'])}; max |diff| {result['max_abs_diff']:.2e}, "
+            f"agree {result['agree']}"
+        )
+    elif name == "optimizer_state":
+        print(
+            f"  {result['params']:,} {result['param_dtype']} params: torch AdamW state "
+            f"{fmt(result['torch_adamw_state_gib'])} ({result['torch_adamw_bytes_per_param']} B/param), "
+            f"planner {fmt(result['estimate_gib'])} ({result['estimate_bytes_per_param']} B/param); "
+            f"step's extra peak {fmt(result['step_peak_extra_gib'])}"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny model folder (float32), not 7B-wide")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers of the 7B-wide model")
+    parser.add_argument("--audio-layers", type=int, default=8, help="audio encoder layers")
+    parser.add_argument("--completion-tokens", type=int, default=256)
+    parser.add_argument("--group", type=int, default=8, help="completions per question (sampling.n)")
+    parser.add_argument("--out", default="bench/results/gpu_check.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    header = device_header(device)
+    print(
+        f"gpu_check: torch {header['torch']}, transformers {header['transformers']}, {header['device']} "
+        f"({header['name']}, {fmt(header['total_gib'])})"
+    )
+    report: dict = {"header": header, "args": vars(args), "cases": {}}
+    meter = Meter(device)
+    cases = {"learner_step": learner_step, "token_logprobs": token_logprobs_case, "optimizer_state": optimizer_case}
+    with tempfile.TemporaryDirectory(prefix="gpu_check.") as workdir:
+        try:
+            setup = build_setup(args, device, Path(workdir))
+            params = sum(p.numel() for p in setup.model.parameters())
+            report["model"] = {**dataclasses.asdict(setup.shape), "real_params": params, "dtype": str(setup.dtype)}
+            print(
+                f"model: {params:,} params ({setup.shape.layers} decoder, {setup.shape.audio_layers} encoder "
+                f"layers, hidden {setup.shape.hidden}, vocab {setup.shape.vocab}), {setup.dtype}, "
+                f"built in {time.perf_counter() - started:.1f} s"
+            )
+        except Exception as error:  # reported; the exit status says it
+            traceback.print_exc()
+            report["setup_error"] = f"{type(error).__name__}: {error}"
+            setup = None
+        for name, case in cases.items():
+            case_started = time.perf_counter()
+            if setup is None:
+                result = {"status": "error", "error": "no model (setup failed)"}
+            else:
+                try:
+                    result = {"status": "ok", **case(args, setup, device, meter)}
+                except Exception as error:  # one case failing leaves the others running
+                    traceback.print_exc()
+                    result = {"status": "error", "error": f"{type(error).__name__}: {error}"}
+                    free(device)
+            result["case_s"] = round(time.perf_counter() - case_started, 2)
+            report["cases"][name] = result
+            print_case(name, result)
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    ok = all(c["status"] == "ok" for c in report["cases"].values())
+    report["ok"] = ok
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\n{'all cases ran' if ok else 'SOME CASES FAILED'}; wall {report['wall_s']:.1f} s; wrote {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
