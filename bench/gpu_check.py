@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 import traceback
-import types
 from pathlib import Path
 
 import torch
@@ -48,24 +45,7 @@ BUNDLED = "Qwen2-Audio-7B-Instruct"
 QUESTION, CHOICES = "Which sound is in the clip?", ["a dog", "a car", "rain", "speech"]
 
 
-def _stub_if_missing(name: str) -> None:
-    """rollout.audio imports soundfile and soxr at module level but only its loader uses them; a
-    bare GPU machine may lack them. A stand-in that fails on use, only when the real one is absent."""
-    try:
-        __import__(name)
-    except ImportError:
-
-        def missing(attr: str):
-            raise ImportError(f"{name} is not installed here (gpu_check stand-in; needed for {attr})")
-
-        stub = types.ModuleType(name)
-        stub.__getattr__ = missing
-        sys.modules[name] = stub
-
-
-for _name in ("soundfile", "soxr"):
-    _stub_if_missing(_name)
-
+from bench.gpu_measure import Meter, device_header, error_pct, fmt, free, gib, print_case  # noqa: E402
 from cluster.plan import (  # noqa: E402
     GIB,
     MODEL_CONFIGS,
@@ -77,55 +57,6 @@ from cluster.plan import (  # noqa: E402
 )
 from learner.grpo import token_logprobs  # noqa: E402
 from learner.policy import CompletionBatch, CompletionScorer, build_rows, encode_questions  # noqa: E402
-
-# -- measuring --------------------------------------------------------------------------------------
-
-
-class Meter:
-    """CUDA's allocated-bytes counters; on a CPU every figure is None ("n/a")."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.base = 0
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def start(self) -> None:
-        """From here, peaks count above what is allocated now."""
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            self.base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-
-    def now(self) -> int | None:
-        return torch.cuda.memory_allocated() - self.base if self.cuda else None
-
-    def peak(self) -> int | None:
-        self.sync()
-        return torch.cuda.max_memory_allocated() - self.base if self.cuda else None
-
-
-def gib(nbytes: float | None) -> float | None:
-    return None if nbytes is None else round(nbytes / GIB, 4)
-
-
-def error_pct(estimate: float, measured: float | None) -> float | None:
-    return None if not measured else round(100.0 * (estimate - measured) / measured, 1)
-
-
-def fmt(value: float | None, unit: str = " GiB") -> str:
-    return "n/a" if value is None else f"{value:.3f}{unit}"
-
-
-def free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
 
 # -- the model, its shape and the planner's config --------------------------------------------------
 
@@ -343,9 +274,9 @@ def token_logprobs_case(args, setup: Setup, device: torch.device, meter: Meter) 
     ids = torch.randint(0, vocab, (rows, length), device=device, generator=generator)
     results = {}
     for name, fn in (("ours", token_logprobs), ("naive", naive_logprobs)):
-        logits = (3.0 * torch.randn(rows, length, vocab, device=device, generator=generator.manual_seed(3))).to(
-            dtype
-        )
+        logits = (
+            3.0 * torch.randn(rows, length, vocab, device=device, generator=generator.manual_seed(3))
+        ).to(dtype)
         logits.requires_grad_(True)
         fn(logits, ids).sum().backward()  # warm-up
         logits.grad = None
@@ -389,7 +320,10 @@ def optimizer_case(args, setup: Setup, device: torch.device, meter: Meter) -> di
     peak = meter.peak()
     seconds = time.perf_counter() - started
     state = sum(
-        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t)
     )
     out = {
         "params": count,
@@ -411,63 +345,6 @@ def optimizer_case(args, setup: Setup, device: torch.device, meter: Meter) -> di
 
 
 # -- the run ----------------------------------------------------------------------------------------
-
-
-def device_header(device: torch.device) -> dict:
-    import transformers
-
-    header = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        header.update(name=props.name, total_gib=gib(props.total_memory), cuda=torch.version.cuda)
-    else:
-        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        header.update(name=platform.processor() or platform.machine(), total_gib=gib(pages))
-    return header
-
-
-def print_case(name: str, result: dict) -> None:
-    if result.get("status") != "ok":
-        print(f"\n[{name}] FAILED: {result.get('error')}")
-        return
-    print(f"\n[{name}]")
-    if name == "learner_step":
-        print(
-            f"  weights {fmt(result['measured_weights_gib'])} (planner {fmt(result['estimate_weights_gib'])}), "
-            f"gradients {fmt(result['measured_gradients_gib'])}; prompt {result['prompt_tokens']} tokens "
-            f"({result['prompt_source']}), {result['completions']} x {result['completion_tokens']} completion"
-        )
-        for run in result["runs"]:
-            ckpt = "on " if run["gradient_checkpointing"] else "off"
-            pct = "n/a" if run["error_pct"] is None else f"{run['error_pct']:+.1f}%"
-            print(
-                f"  checkpointing {ckpt}: activations estimate {fmt(run['estimate_gib'])}, measured "
-                f"{fmt(run['measured_gib'])} (after forward {fmt(run['measured_after_forward_gib'])}), "
-                f"error {pct}, step {run['step_s']:.2f} s"
-            )
-            for item, value in run["estimate_items_gib"].items():
-                print(f"      {fmt(value):>12}  {item}")
-    elif name == "token_logprobs":
-        pct = "n/a" if result["error_pct_ours"] is None else f"{result['error_pct_ours']:+.1f}%"
-        print(
-            f"  logits {result['logits_shape']} {result['dtype']}: {fmt(result['logits_gib'])}; extra peak "
-            f"(forward + backward) ours {fmt(result['ours_peak_extra_gib'])} (planner "
-            f"{fmt(result['estimate_ours_extra_gib'])}, error {pct}), naive float32 "
-            f"{fmt(result['naive_peak_extra_gib'])}; max |diff| {result['max_abs_diff']:.2e}, "
-            f"agree {result['agree']}"
-        )
-    elif name == "optimizer_state":
-        print(
-            f"  {result['params']:,} {result['param_dtype']} params: torch AdamW state "
-            f"{fmt(result['torch_adamw_state_gib'])} ({result['torch_adamw_bytes_per_param']} B/param), "
-            f"planner {fmt(result['estimate_gib'])} ({result['estimate_bytes_per_param']} B/param); "
-            f"step's extra peak {fmt(result['step_peak_extra_gib'])}"
-        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -494,12 +371,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     report: dict = {"header": header, "args": vars(args), "cases": {}}
     meter = Meter(device)
-    cases = {"learner_step": learner_step, "token_logprobs": token_logprobs_case, "optimizer_state": optimizer_case}
+    cases = {
+        "learner_step": learner_step,
+        "token_logprobs": token_logprobs_case,
+        "optimizer_state": optimizer_case,
+    }
     with tempfile.TemporaryDirectory(prefix="gpu_check.") as workdir:
         try:
             setup = build_setup(args, device, Path(workdir))
             params = sum(p.numel() for p in setup.model.parameters())
-            report["model"] = {**dataclasses.asdict(setup.shape), "real_params": params, "dtype": str(setup.dtype)}
+            report["model"] = {
+                **dataclasses.asdict(setup.shape),
+                "real_params": params,
+                "dtype": str(setup.dtype),
+            }
+            if device.type == "cuda":
+                report["model"]["allocated_after_build_gib"] = gib(torch.cuda.memory_allocated())
             print(
                 f"model: {params:,} params ({setup.shape.layers} decoder, {setup.shape.audio_layers} encoder "
                 f"layers, hidden {setup.shape.hidden}, vocab {setup.shape.vocab}), {setup.dtype}, "

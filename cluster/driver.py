@@ -14,7 +14,9 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cluster.config import RunConfig, dump_config, expand_path, sub_seed
 from cluster.evaluation import evaluate
@@ -124,73 +126,136 @@ def _resume(run_dir: Path, learner, pool) -> tuple[int, int, Path | None]:
     return start, position, checkpoint
 
 
+@dataclass
+class _Run:
+    """What every step of one run reads; `queue`, `metrics` and `held_out` are reset when the
+    learner is rebuilt from a checkpoint."""
+
+    config: RunConfig
+    run_dir: Path
+    learner: Any
+    pool: Any
+    rewards: Any
+    train_set: list
+    eval_set: list
+    skipped_rows: int
+    queue: RolloutQueue | None = None
+    metrics: Any = None
+    held_out: dict[int, float] = field(default_factory=dict)  # step -> held-out accuracy
+
+    def rewind(self, start: int, position: int) -> None:
+        """Continue after step `start` at data `position`: new rollout queue, metrics after `start`
+        dropped (they are redone, never double-counted), held-out scores re-read."""
+        from cluster.metrics import logged_eval_scores
+
+        draw = _question_source(self.train_set, self.config, position)
+        self.queue = RolloutQueue(
+            self.pool, draw, self.config.sampling, ahead=self.config.train.overlap_rollout
+        )
+        self.metrics.rewind(start)
+        self.held_out = logged_eval_scores(self.run_dir)
+
+
 def train(
     config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True, start_endpoint=None
 ) -> Path:
     """Run GRPO to `train.max_steps` (from the last checkpoint with `resume`); returns `run_dir`.
     `start_endpoint(options) -> actor`: the live endpoint (`deploy.live.endpoint_starter`), which
-    receives every weight update like a rollout worker (with `serve.enabled`)."""
+    receives every weight update like a rollout worker (with `serve.enabled`). A learner rank that
+    dies is rebuilt from the last checkpoint and the steps since are redone (`train.max_retries`)."""
     from cluster.metrics import MetricsSink
     from cluster.placement import placement_record
     from cluster.plan import check_fits
+    from cluster.pool import LearnerLost
 
     plan = check_fits(config)  # before anything starts: a config that cannot fit stops here
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     (run_dir / "plan.txt").write_text(plan.render() + "\n")
     train_set, eval_set, skipped_rows = _load_data(config)
-    train_cfg, sampling = config.train, config.sampling
     placement, learner, pool, rewards = _start_actors(config, start_endpoint)
     (run_dir / "placement.json").write_text(json.dumps(placement_record(placement), indent=1))
     start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
-    draw = _question_source(train_set, config, position)
-    queue = RolloutQueue(pool, draw, sampling, ahead=train_cfg.overlap_rollout)
-    metrics = MetricsSink(run_dir, config.name, start)
+    run = _Run(config, run_dir, learner, pool, rewards, train_set, eval_set, skipped_rows)
+    run.metrics = MetricsSink(run_dir, config.name, start)
+    run.rewind(start, position)
     bar = _progress_bar(config, start, progress)
-    last_saved = None
-    for step in range(start + 1, train_cfg.max_steps + 1):
-        last = step == train_cfg.max_steps
-        phases = Phases()
-        rollouts = queue.take(more=not last)
-        phases.mark("generate_s")
-        groups = usable_groups(rollouts.questions, rollouts.results, sampling.n)
-        scores = rewards.score(*responses_and_answers(groups))
-        phases.mark("reward_s")
-        batch = assemble_batch(
-            groups,
-            scores,
-            adv_eps=train_cfg.adv_eps,
-            flip_advantages=train_cfg.flip_advantages,
-            with_logprobs=queue.ahead,  # off-policy rollouts bring the ratio's denominator
-        )
-        phases.mark("batch_s")
-        update = learner.train_step(batch)
-        phases.mark("learner_s")
-        queue.settle()  # workers apply a weight sync only once their generation is done
-        phases.mark("rollout_wait_s")
-        pool.broadcast(step)
-        phases.mark("weight_sync_s")
-        record = {
-            **step_record(step, rollouts.results, scores, batch, update, phases.seconds()),
-            "policy_version": step,
-            "skipped_rows": skipped_rows,
-            "worker_restarts": pool.restarts + rewards.restarts,
-            "data_position": rollouts.data_position,
-        }
-        if train_cfg.eval_every and _due(train_cfg.eval_every, step, last):  # 0: never
-            scores_eval = evaluate(pool, eval_set, sampling, run_dir / "eval" / f"step-{step}.json")
-            record["eval_accuracy"] = scores_eval["total"]
-        if _due(train_cfg.save_every, step, last):
-            last_saved = run_dir / "checkpoints" / f"step-{step}"
-            learner.save(str(last_saved), {"step": step, "data_position": rollouts.data_position})
-            for gone in prune_checkpoints(run_dir / "checkpoints", train_cfg.keep_checkpoints):
-                log.info("removed %s (train.keep_checkpoints=%d)", gone, train_cfg.keep_checkpoints)
-        metrics.log(record)
+    last_saved, step = checkpoint, start + 1
+    while step <= config.train.max_steps:
+        try:
+            record, saved = _step(run, step)
+        except LearnerLost as err:
+            if learner.restarts >= config.train.max_retries:
+                raise RuntimeError(f"the learner died {learner.restarts + 1} times; giving up") from err
+            log.warning("%s: rebuilding the learner from the last checkpoint", err)
+            start, position, last_saved = _rebuild_learner(run_dir, learner, pool)
+            run.rewind(start, position)
+            bar.n, step = start, start + 1
+            continue
+        last_saved = saved or last_saved
+        run.metrics.log(record)
         _show(bar, record)
+        step += 1
     bar.close()
-    metrics.close()
-    _finish(run_dir, last_saved or checkpoint, placement, learner, pool, rewards)
+    run.metrics.close()
+    _finish(run_dir, last_saved, placement, learner, pool, rewards)
     return run_dir
+
+
+def _step(run: _Run, step: int) -> tuple[dict[str, Any], Path | None]:
+    """One GRPO step, read top to bottom: generate, reward, advantages, update, sync; evaluate and
+    save when due. Returns its metrics record and the checkpoint it wrote, if any."""
+    train_cfg, sampling, last = run.config.train, run.config.sampling, step == run.config.train.max_steps
+    phases = Phases()
+    rollouts = run.queue.take(more=not last)
+    phases.mark("generate_s")
+    groups = usable_groups(rollouts.questions, rollouts.results, sampling.n)
+    scores = run.rewards.score(*responses_and_answers(groups))
+    phases.mark("reward_s")
+    batch = assemble_batch(
+        groups,
+        scores,
+        adv_eps=train_cfg.adv_eps,
+        flip_advantages=train_cfg.flip_advantages,
+        with_logprobs=run.queue.ahead,  # off-policy rollouts bring the ratio's denominator
+    )
+    phases.mark("batch_s")
+    update = run.learner.train_step(batch)
+    phases.mark("learner_s")
+    run.queue.settle()  # workers apply a weight sync only once their generation is done
+    phases.mark("rollout_wait_s")
+    run.pool.broadcast(step)
+    phases.mark("weight_sync_s")
+    record = {
+        **step_record(step, rollouts.results, scores, batch, update, phases.seconds()),
+        "policy_version": step,
+        "skipped_rows": run.skipped_rows,
+        "worker_restarts": run.pool.restarts + run.rewards.restarts,
+        "learner_restarts": run.learner.restarts,
+        "data_position": rollouts.data_position,
+    }
+    if train_cfg.eval_every and _due(train_cfg.eval_every, step, last):  # 0: never
+        scores_eval = evaluate(run.pool, run.eval_set, sampling, run.run_dir / "eval" / f"step-{step}.json")
+        record["eval_accuracy"] = run.held_out[step] = scores_eval["total"]
+    saved = None
+    if _due(train_cfg.save_every, step, last):
+        saved = run.run_dir / "checkpoints" / f"step-{step}"
+        run.learner.save(str(saved), {"step": step, "data_position": rollouts.data_position})
+        keep = train_cfg.keep_checkpoints
+        for gone in prune_checkpoints(run.run_dir / "checkpoints", keep, run.held_out):
+            log.info("removed %s (train.keep_checkpoints=%d, best held-out kept)", gone, keep)
+    return record, saved
+
+
+def _rebuild_learner(run_dir: Path, learner, pool) -> tuple[int, int, Path | None]:
+    """New learner ranks, joined to the weight transfer, loaded from the last checkpoint (or the
+    base model) and sent to every receiver: (step, data position, checkpoint) to go on from."""
+    learner.restart()
+    pool.connect(learner)
+    start, position, checkpoint = _resume(run_dir, learner, pool)
+    if checkpoint is None:
+        pool.broadcast(0)  # no checkpoint yet: the base weights again, as version 0
+    return start, position, checkpoint
 
 
 def _question_source(train_set, config: RunConfig, position: int):

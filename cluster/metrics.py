@@ -50,6 +50,17 @@ class MetricsSink:
             for name, text in GAUGES.items()
         }
 
+    def rewind(self, step: int) -> None:
+        """Drop what was logged after `step`: those steps are about to be redone (a learner rebuilt
+        from its checkpoint), and each step is on record once."""
+        self._truncate_after(step)
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self._tb.log_dir
+            self._tb.close()
+            self._tb = SummaryWriter(log_dir, purge_step=step + 1)
+
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
@@ -77,3 +88,12 @@ class MetricsSink:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def logged_eval_scores(run_dir: Path) -> dict[int, float]:
+    """{step: held-out accuracy} from the run's metrics.jsonl (empty for a new run)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["step"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}

@@ -142,11 +142,16 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (0 keeps all); returns what went.
-    Only after a newer one is complete, so a resumable checkpoint always remains."""
+def prune_checkpoints(root: str | Path, keep: int, scores: dict[int, float] | None = None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (0 keeps all) and the best one by
+    held-out `scores` ({step: accuracy}; the later step on a tie); returns what went. Only after a
+    newer one is complete, so a resumable checkpoint always remains."""
     done = complete_checkpoints(root)
-    gone = done[:-keep] if keep > 0 else []
+    scored = [
+        (scores[int(p.name[5:])], int(p.name[5:]), p) for p in done if int(p.name[5:]) in (scores or {})
+    ]
+    best = max(scored)[2] if scored else None
+    gone = [p for p in done[:-keep] if p != best] if keep > 0 else []
     for path in gone:
         shutil.rmtree(path, ignore_errors=True)
     return gone

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 30.0  # Qwen2-Audio's encoder window
@@ -77,6 +75,8 @@ def load_audio(
         if path.stat().st_size == 0:
             raise EmptyAudioError(name, "empty file (0 bytes)")
         handle = path
+    import soundfile as sf  # here, not at import: the learner's GPU check runs without it
+
     try:
         # always_2d gives (frames, channels) for every file, so mono and stereo share one path.
         samples, rate = sf.read(handle, dtype="float32", always_2d=True)
@@ -92,6 +92,8 @@ def load_audio(
             raise AudioTooLongError(name, f"{seconds:.1f} s is longer than the {max_seconds:.0f} s limit")
         mono = mono[: int(max_seconds * rate)]
     if rate != SAMPLE_RATE:
+        import soxr
+
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
     if not np.all(np.isfinite(mono)):
         raise AudioDecodeError(name, "decoded samples contain NaN or infinity")

@@ -106,7 +106,7 @@ def test_resume_refuses_a_different_world_size(trained, tiny_model_dir, tmp_path
         make_learner(tiny_model_dir).load(path)
 
 
-def test_retention_keeps_the_newest_complete_checkpoints_and_never_a_partial_one(tmp_path):
+def test_retention_keeps_the_newest_complete_checkpoints_and_the_best_and_never_a_partial_one(tmp_path):
     from learner.checkpoint import MANIFEST, prune_checkpoints
 
     for step in (10, 20, 30, 40):
@@ -118,3 +118,8 @@ def test_retention_keeps_the_newest_complete_checkpoints_and_never_a_partial_one
     assert [p.name for p in gone] == ["step-10", "step-20"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-30", "step-40", "step-50.partial"]
     assert latest_checkpoint(tmp_path).name == "step-40"
+    (tmp_path / "step-60").mkdir()
+    (tmp_path / "step-60" / MANIFEST).write_text("{}")
+    scores = {30: 75.0, 40: 50.0, 60: 62.5}  # held-out accuracy at the checkpointed steps
+    assert [p.name for p in prune_checkpoints(tmp_path, keep=1, scores=scores)] == ["step-40"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-30", "step-50.partial", "step-60"]
