@@ -43,6 +43,9 @@ def main() -> int:
         step("build the medium model (about 400 MB)", "make-tiny", str(medium), "--size", "medium")
     models = f"tiny={tiny},small={small},medium={medium}"
     step("weight transfer", "bench/weight_sync.py", "--models", models, "--repeats", "3")
+    step(
+        "memory plan against a real learner", "bench/plan_check.py", "--models", f"tiny={tiny},small={small}"
+    )
     step("live serving during training", "bench/live_serving.py", "--steps", "40")
     step(
         "rollout engines",
