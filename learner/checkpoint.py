@@ -59,9 +59,14 @@ def save_checkpoint(learner, directory: str | Path, state: dict[str, Any] | None
         shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier attempt
         partial.mkdir(parents=True)
     _barrier()
-    with learner.gathered():
-        if learner.rank == 0:
-            save_hf_folder(learner.model, learner.processor, partial)
+    # The HF folder once, by rank 0; under ZeRO-3 every rank takes part in gathering one group of
+    # weights at a time (never the whole model at once).
+    weights = learner.gathered_weights()
+    if learner.rank == 0:
+        save_hf_folder(learner.model, learner.processor, partial, weights)
+    else:
+        for _ in weights:
+            pass
     learner.engine.save_checkpoint(str(partial / STATE_DIR), tag=TAG, save_latest=False)
     torch.save(_rng_state(), partial / STATE_DIR / f"rng_rank{learner.rank}.pt")
     _barrier()

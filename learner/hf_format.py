@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,40 +47,57 @@ def published_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]
         yield published_name(name), tensor
 
 
-def write_weights(model: torch.nn.Module, out_dir: Path, shard_bytes: int = SHARD_BYTES) -> list[str]:
-    """Write safetensors shards (+ index when more than one); return the file names."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in published_state(model):
+def write_weights(
+    weights: Iterable[tuple[str, torch.Tensor]], out_dir: Path, shard_bytes: int = SHARD_BYTES
+) -> list[str]:
+    """Write (published name, tensor) pairs as safetensors shards of about `shard_bytes`, each
+    written as soon as it is full (at most one shard in host memory), + an index when there are
+    several; return the file names. Tensors are copied as they come, so a caller may release
+    (ZeRO-3: re-partition) them once the next pair is asked for."""
+    shard: dict[str, torch.Tensor] = {}
+    written: list[tuple[Path, list[str], int]] = []  # (file, its keys, its bytes)
+
+    def flush() -> None:
+        path = out_dir / f"model-{len(written) + 1:05d}.safetensors.part"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        written.append((path, list(shard), sum(t.numel() * t.element_size() for t in shard.values())))
+        shard.clear()
+
+    for name, tensor in weights:
         nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor.detach().contiguous().cpu()
-        size += nbytes
-    if len(shards) == 1:
-        names = ["model.safetensors"]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for shard, file_name in zip(shards, names, strict=True):
-        save_file(shard, str(out_dir / file_name), metadata={"format": "pt"})
-    if len(shards) > 1:
+        if shard and sum(t.numel() * t.element_size() for t in shard.values()) + nbytes > shard_bytes:
+            flush()
+        shard[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    if shard or not written:
+        flush()
+    n = len(written)
+    names = (
+        ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    for (path, _, _), name in zip(written, names, strict=True):
+        path.rename(out_dir / name)
+    if n > 1:
         index = {
-            "metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
-            "weight_map": {k: f for s, f in zip(shards, names, strict=True) for k in s},
+            "metadata": {"total_size": sum(size for _, _, size in written)},
+            "weight_map": {
+                key: name for (_, keys, _), name in zip(written, names, strict=True) for key in keys
+            },
         }
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return names
 
 
-def save_hf_folder(model: Any, processor: Any, out_dir: str | Path) -> Path:
-    """Write weights, config, generation config and processor into `out_dir` (created if absent).
+def save_hf_folder(
+    model: Any, processor: Any, out_dir: str | Path, weights: Iterable[tuple[str, torch.Tensor]] | None = None
+) -> Path:
+    """Write weights (`weights`, default the model's own `published_state`), config, generation
+    config and processor into `out_dir` (created if absent).
 
     The caller makes this atomic by writing into a temporary folder and renaming it.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_weights(model, out)
+    write_weights(published_state(model) if weights is None else weights, out)
     model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:

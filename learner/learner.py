@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,21 @@ class Learner:
             chosen = list(self.model.parameters()) if params is None else params
             return deepspeed.zero.GatheredParameters(chosen, modifier_rank=None)
         return contextlib.nullcontext()
+
+    def gathered_weights(self, group_bytes: int = 1 << 30) -> Iterator[tuple[str, torch.Tensor]]:
+        """(published name, whole tensor) for every weight, gathered about `group_bytes` at a time
+        under ZeRO-3 (each tensor is valid until the next is asked for). Collective: every rank
+        iterates it to the end."""
+        from learner.hf_format import published_name
+        from rollout.weight_transfer import plan_chunks
+
+        params = list(self.model.named_parameters())  # tied weights once
+        sizes = [getattr(p, "ds_numel", p.numel()) * p.element_size() for _, p in params]
+        for chunk in plan_chunks(sizes, group_bytes):
+            group = [params[i] for i in chunk]
+            with self.gathered([p for _, p in group]):
+                for name, p in group:
+                    yield published_name(name), p.detach()
 
     def _micro_batches(self, batch: LearnerBatch) -> list[list[int]]:
         """Question indices per micro-batch."""

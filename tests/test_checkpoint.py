@@ -44,6 +44,28 @@ def test_checkpoint_is_a_published_layout_hf_folder(trained):
     assert json.loads((Path(path) / "generation_config.json").read_text())["eos_token_id"]
 
 
+def test_zero3_checkpoint_gathers_group_by_group_and_shards_load_in_transformers(tiny_model_dir, tmp_path):
+    """Under ZeRO-3 the HF folder is written from weights gathered one group at a time (never the
+    whole model), streamed into shards; a sharded folder with its index loads in transformers."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from learner.hf_format import save_hf_folder, write_weights
+
+    learner = make_learner(tiny_model_dir, dtype="float32", zero_stage=3)
+    learner.train_step(pitch_batch(learner.processor.tokenizer))
+    whole = torch.from_numpy(learner.flat_parameters())
+    streamed = [(name, tensor.clone()) for name, tensor in learner.gathered_weights(group_bytes=64 << 10)]
+    assert torch.equal(torch.cat([t.flatten() for _, t in streamed]), whole)
+    path = learner.save(str(tmp_path / "checkpoints" / "step-1"))
+    save_hf_folder(learner.model, learner.processor, tmp_path / "sharded", iter(streamed))
+    (tmp_path / "sharded" / "model.safetensors").unlink()
+    names = write_weights(iter(streamed), tmp_path / "sharded", shard_bytes=256 << 10)
+    assert len(names) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    for folder in (Path(path), tmp_path / "sharded"):
+        loaded = Qwen2AudioForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+        assert torch.equal(torch.cat([p.detach().flatten() for p in loaded.parameters()]), whole), folder
+
+
 @pytest.mark.slow
 def test_checkpoint_loads_in_vllm_with_hf_equal_greedy(trained):
     _, _, path = trained
