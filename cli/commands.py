@@ -72,7 +72,7 @@ def reward(args: argparse.Namespace) -> int:
                 or not isinstance(row.get("answer"), str)
             ):
                 raise ValueError('expected {"response": str, "answer": str}')
-            score = score_response(row["response"], row["answer"], thinking=args.thinking)
+            score = score_response(row["response"], row["answer"], thinking=args.thinking, rule=args.rule)
             out = {"accuracy": score.accuracy, "format": score.format}
         except ValueError as err:  # json.JSONDecodeError is a ValueError
             out = {"error": f"line {number}: {err}"}

@@ -61,6 +61,12 @@ def _check_data_args(p: argparse.ArgumentParser) -> None:
 
 def _reward_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thinking", action="store_true", help="format = <think>..</think><answer>..</answer>")
+    p.add_argument(
+        "--rule",
+        choices=["r1aqa", "exact"],
+        default="r1aqa",
+        help="accuracy: R1-AQA's (math-verify's symbolic check, then the tag match) or the tag match alone",
+    )
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:

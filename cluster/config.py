@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from learner.config import LearnerConfig, LossConfig, OptimizerConfig, ParallelConfig
-from reward.rewards import RewardWeights
+from reward.rewards import AccuracyRule, RewardWeights
 from rollout.prompt import PromptConfig
 from rollout.sampling import SamplingConfig
 from rollout.vllm_engine import EngineConfig
@@ -82,6 +82,9 @@ class LearnerGroupConfig:
 @dataclass(frozen=True)
 class RewardConfig:
     weights: RewardWeights = field(default_factory=RewardWeights)
+    # r1aqa: R1-AQA's accuracy rule (math-verify's symbolic check, then the tag match); exact: the
+    # tag match alone (see reward/rewards.py).
+    accuracy_rule: AccuracyRule = "r1aqa"
     num_actors: int = 1
 
 

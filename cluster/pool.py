@@ -346,7 +346,7 @@ class RewardPool:
 
     def _start(self, bundle: int):
         return RewardActor.options(**self.placement.options(bundle, 0.1, 0)).remote(
-            self.config.reward.weights, self.config.prompt.thinking
+            self.config.reward.weights, self.config.prompt.thinking, self.config.reward.accuracy_rule
         )
 
     def score(self, responses: list[str], answers: list[str]) -> list:
