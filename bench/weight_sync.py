@@ -42,8 +42,9 @@ def end_to_end(model_dir: str, label: str, workers: int, bucket_mb: int, repeats
     import ray
 
     from cluster.config import load_config
+    from cluster.learner_group import LearnerGroup
     from cluster.placement import make_placement
-    from cluster.pool import LearnerGroup, RolloutPool
+    from cluster.pool import RolloutPool
 
     config = load_config(
         "tiny-cpu",

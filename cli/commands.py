@@ -188,12 +188,29 @@ def _token(args: argparse.Namespace, host: str) -> str | None:
     return token
 
 
+def _run_dir(args: argparse.Namespace, config) -> Path:
+    return Path(args.resume or args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def sft(args: argparse.Namespace) -> int:
+    from cluster.sft_driver import train_sft
+
+    _logging()
+    config = _config(args)
+    run_dir = _run_dir(args, config)
+    prepare_assets(config)
+    train_sft(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(f"run directory: {summary['run_dir']}\ncheckpoint:    {summary['checkpoint']}")
+    return 0
+
+
 def train(args: argparse.Namespace) -> int:
     from cluster.driver import train as run_training
 
     _logging()
     config = _config(args)
-    run_dir = Path(args.resume or args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = _run_dir(args, config)
     prepare_assets(config)
     start_endpoint = None
     if config.serve.enabled:

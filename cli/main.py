@@ -79,7 +79,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
+def _run_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
     p.add_argument("--run-dir", default=None, help="default: runs/<name>-<time>")
@@ -87,6 +87,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _run_args(p)
     p.add_argument(
         "--serve",
         action="store_true",
@@ -141,6 +145,12 @@ def subcommands() -> list[Command]:
     return [
         ("serve", "answer audio questions over HTTP with the current policy", _serve_args, commands.serve),
         ("train", "run GRPO training (Ray + vLLM + DeepSpeed)", _train_args, commands.train),
+        (
+            "sft",
+            "supervised fine-tuning baseline on the same data, prompt and evaluation (Ray + DeepSpeed)",
+            _run_args,
+            commands.sft,
+        ),
         (
             "prepare",
             "build the tiny model and synthetic data a config asks for (train does this first)",

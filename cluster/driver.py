@@ -100,8 +100,9 @@ def _progress_bar(config: RunConfig, start: int, enabled: bool):
 def _start_actors(config: RunConfig, start_endpoint=None):
     """The placement group, then the learner ranks, the rollout pool (and the live endpoint, if
     any: both joined to the learner's weight transfer) and the reward actors."""
+    from cluster.learner_group import LearnerGroup
     from cluster.placement import make_placement
-    from cluster.pool import LearnerGroup, RewardPool, RolloutPool
+    from cluster.pool import RewardPool, RolloutPool
 
     connect_ray(config)
     model = str(expand_path(config.model.path))
@@ -163,10 +164,10 @@ def train(
     `start_endpoint(options) -> actor`: the live endpoint (`deploy.live.endpoint_starter`), which
     receives every weight update like a rollout worker (with `serve.enabled`). A learner rank that
     dies is rebuilt from the last checkpoint and the steps since are redone (`train.max_retries`)."""
+    from cluster.learner_group import LearnerLost
     from cluster.metrics import MetricsSink
     from cluster.placement import placement_record
     from cluster.plan import check_fits
-    from cluster.pool import LearnerLost
 
     plan = check_fits(config)  # before anything starts: a config that cannot fit stops here
     run_dir.mkdir(parents=True, exist_ok=True)

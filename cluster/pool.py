@@ -16,19 +16,15 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from cluster.actors import LearnerActor, RewardActor, RolloutActor
-from cluster.config import RunConfig, learner_config, sub_seed, weight_transfer_backend
+from cluster.actors import RewardActor, RolloutActor
+from cluster.config import RunConfig, sub_seed, weight_transfer_backend
+from cluster.learner_group import LearnerGroup, ready
 from cluster.placement import Placement, address_in_bundle
-from learner.learner import LearnerBatch
 from rollout.question import AudioQuestion, RolloutResult
 from rollout.sampling import SamplingConfig
 
 log = logging.getLogger("audio_grpo")
 DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-def _answer(_actor) -> bool:
-    return True
 
 
 def get_within(futures: list, timeout_s: float, what: str, key: str) -> list:
@@ -37,117 +33,6 @@ def get_within(futures: list, timeout_s: float, what: str, key: str) -> list:
         return ray.get(futures, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s ({key})") from None
-
-
-def ready(actors: list, timeout_s: float | None = None) -> None:
-    """Wait until every actor has started and answers (Ray's documented `__ray_call__`); raises the
-    actor's start-up error, or GetTimeoutError."""
-    ray.get([a.__ray_call__.remote(_answer) for a in actors], timeout=timeout_s)
-
-
-class LearnerLost(RuntimeError):
-    """A learner rank died: the ranks form one process group, so all are rebuilt together."""
-
-
-class LearnerGroup:
-    """`num_ranks` learner actors forming one DeepSpeed data-parallel group."""
-
-    def __init__(self, config: RunConfig, placement: Placement, model_path: str):
-        self.config, self.placement, self.train, self.model_path = config, placement, config.train, model_path
-        self.sync_deadline_s = 4 * config.sync.timeout_s + 60  # init/start/update/finish, each bounded
-        self.restarts = 0
-        self._start()
-
-    def _start(self) -> None:
-        cfg, wired = self.config.learner, learner_config(self.config)
-        host, port = address_in_bundle(self.placement, self.placement.learner_bundles[0])
-        self.ranks = [
-            LearnerActor.options(
-                **self.placement.options(bundle, cfg.cpus_per_rank, cfg.gpus_per_rank)
-            ).remote(
-                self.model_path,
-                wired,
-                rank=rank,
-                world_size=cfg.num_ranks,
-                master_addr=host,
-                master_port=port,
-            )
-            for rank, bundle in enumerate(self.placement.learner_bundles)
-        ]
-        ready(self.ranks)  # raises here if a rank failed to start
-
-    def restart(self) -> None:
-        """New ranks in the same bundles (a fresh process group): after one died, the survivors'
-        collectives cannot go on. The caller loads a checkpoint into them."""
-        for rank in self.ranks:
-            ray.kill(rank, no_restart=True)
-        self._start()
-        self.restarts += 1
-
-    def _gather(self, futures: list, timeout_s: float, what: str, key: str) -> list:
-        """Every rank's result within the deadline. The first failure is checked at once (not after
-        the ranks still blocked in a collective with it): with a rank dead, `LearnerLost`."""
-        deadline, pending = time.monotonic() + timeout_s, list(futures)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not done:
-                raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s ({key})")
-            try:
-                ray.get(done[0])
-            except ray.exceptions.RayError as err:
-                if self._rank_lost():
-                    raise LearnerLost(f"{what}: a learner rank died ({type(err).__name__})") from err
-                raise
-        return ray.get(futures)
-
-    def _rank_lost(self) -> bool:
-        try:
-            ready(self.ranks, timeout_s=30.0)  # a rank blocked on a dead peer does not answer either
-            return False
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return True
-
-    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
-        n = len(self.ranks)
-        metrics = self._gather(
-            [rank.train_step.remote(batch.shard(i, n)) for i, rank in enumerate(self.ranks)],
-            self.train.learner_timeout_s,
-            "the learner step",
-            "train.learner_timeout_s",
-        )
-        merged = dict(metrics[0])
-        for key in ("loss", "kl", "clip_ratio"):
-            merged[key] = sum(m[key] for m in metrics) / n
-        merged["responses"] = sum(m["responses"] for m in metrics)
-        return merged
-
-    def init_weight_transfer(self, backend: str, init: dict, client, wire_dtype: str) -> None:
-        """Every rank builds its trainer engine; rank 0 meets the receivers (through `client`)."""
-        self._gather(
-            [r.init_weight_transfer.remote(backend, init, client, wire_dtype) for r in self.ranks],
-            self.sync_deadline_s,
-            "joining the weight-transfer group",
-            "4 x sync.timeout_s + 60",
-        )
-
-    def send_weights(self, version: int) -> dict[str, Any]:
-        """Rank 0's outcome of one weight update (every rank takes part: ZeRO-3 gathers)."""
-        outcomes = self._gather(
-            [r.send_weights.remote(version) for r in self.ranks],
-            self.sync_deadline_s,
-            f"the weight update to version {version} (learner side)",
-            "4 x sync.timeout_s + 60",
-        )
-        return outcomes[0]
-
-    def save(self, directory: str, state: dict[str, Any]) -> None:
-        futures = [rank.save.remote(directory, state) for rank in self.ranks]
-        self._gather(futures, self.train.learner_timeout_s, "saving a checkpoint", "train.learner_timeout_s")
-
-    def load(self, directory: str) -> dict[str, Any]:
-        futures = [rank.load.remote(directory) for rank in self.ranks]
-        what = "loading a checkpoint"
-        return self._gather(futures, self.train.learner_timeout_s, what, "train.learner_timeout_s")[0]
 
 
 @dataclass

@@ -293,6 +293,12 @@ class Learner:
             "step": self.step,
         }
 
+    def sft_step(self, batch: LearnerBatch) -> dict[str, Any]:
+        """One supervised update (the SFT baseline, `learner.sft`)."""
+        from learner.sft import sft_step
+
+        return sft_step(self, batch)
+
     @torch.no_grad()
     def _fixed_logprobs(self, batch: LearnerBatch, encoded, prepared) -> tuple[list, list]:
         """Per micro-batch, the log-probs the update holds fixed: the reference's (for the KL), and

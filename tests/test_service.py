@@ -237,6 +237,28 @@ def test_overlapped_rollouts_run_one_update_behind(service_env, tmp_path):
 
 
 @pytest.mark.slow
+def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_path):
+    """`audio-grpo sft`: the same data, prompt, evaluation and run directory as GRPO; held-out
+    accuracy leaves chance on the in-distribution split and the checkpoint loads in transformers."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    run_dir = tmp_path / "sft"
+    command = cli_command("sft", "--config", "tiny-cpu-sft", "--run-dir", str(run_dir), "--max-steps", "20")
+    done = subprocess.run(
+        [*command, "--no-progress", "--set", "train.eval_every=10", "--set", "train.save_every=10"],
+        cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = steps_logged(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 21))
+    assert records[0]["loss"] > records[-1]["loss"] and records[-1]["eval_accuracy"] > 75.0  # chance: 50
+    assert [r["data_position"] for r in records] == [8 * s for s in range(1, 21)]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "eval" / "step-20.json").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["rollout_policy_versions"] == [20]
+    Qwen2AudioForConditionalGeneration.from_pretrained(run_dir / "checkpoints" / "step-20")
+
+
+@pytest.mark.slow
 def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path):
     import re
 

@@ -27,8 +27,9 @@ def actors(tiny_model_dir, ray_cluster, tmp_path_factory):
     from transformers import AutoProcessor
 
     from cluster.config import load_config
+    from cluster.learner_group import LearnerGroup
     from cluster.placement import make_placement
-    from cluster.pool import LearnerGroup, RolloutPool
+    from cluster.pool import RolloutPool
 
     config = load_config(
         "tiny-cpu",

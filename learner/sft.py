@@ -1,0 +1,84 @@
+"""Supervised fine-tuning, the baseline R1-AQA sets GRPO against: the same data, prompt, audio
+loader and model, trained to write the right choice in the rewarded format.
+
+`sft_batch` makes a `LearnerBatch` with one completion per question, the target's tokens (plus the
+end token), and `sft_step` takes one update on it with the learner's own DeepSpeed engine and
+log-prob path (so audio is encoded and prompts run exactly as in GRPO). The loss is the mean
+negative log-likelihood of the target tokens over the step's tokens on all ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.learner import Learner, LearnerBatch
+from reward.rewards import answer_tag
+from rollout.audio import load_audio
+from rollout.question import AudioQuestion
+
+
+def sft_target(question: AudioQuestion) -> str:
+    """What the policy is taught to write: `<answer>right choice</answer>`."""
+    return answer_tag(question.answer)
+
+
+def sft_batch(
+    questions: list[AudioQuestion],
+    tokenizer,
+    end_id: int,
+    audio: Callable[[AudioQuestion], np.ndarray] = lambda q: load_audio(q.audio_path),
+) -> LearnerBatch:
+    """One completion per question: the target's token ids and the end token."""
+    targets = [tokenizer(sft_target(q), add_special_tokens=False).input_ids + [end_id] for q in questions]
+    return LearnerBatch(
+        [(q.question, q.choices) for q in questions],
+        [audio(q) for q in questions],
+        targets,
+        list(range(len(questions))),
+        [0.0] * len(questions),  # unused: no advantages in SFT
+    )
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, step_tokens: float) -> torch.Tensor:
+    """Negative log-likelihood of the target tokens, summed and divided by the step's tokens."""
+    return -(logp * mask).sum() / max(step_tokens, 1.0)
+
+
+def sft_step(learner: Learner, batch: LearnerBatch) -> dict[str, Any]:
+    """One supervised update on this rank's share of the batch (micro-batched like GRPO)."""
+    from learner.policy import encode_questions
+
+    if learner.config.sampling.temperature != 1.0:
+        raise ValueError("SFT takes log-probs at temperature 1: set sampling.temperature: 1.0")
+    encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
+    micro = learner._micro_batches(batch)
+    prepared = [(q, learner._rows(batch, encoded, q)[0]) for q in micro]
+    n_tokens = float(sum(rows.completion_mask.sum() for _, rows in prepared))
+    # DeepSpeed averages the ranks' gradients: each rank divides by the mean tokens per rank.
+    step_tokens = learner._sum_over_ranks(n_tokens) / learner.world_size
+    learner.engine.set_train_batch_size(len(micro) * learner.world_size)
+    learner.engine.train()
+    lr = float(learner.optimizer.param_groups[0]["lr"])
+    loss_total, grad_norm = 0.0, None
+    for i, (q, rows) in enumerate(prepared):
+        logp = learner._logprobs(learner.engine, rows, encoded, q)
+        loss = sft_loss(logp, rows.completion_mask.to(logp.device), step_tokens)
+        learner.engine.backward(loss, scale_wrt_gas=False)
+        if i == len(prepared) - 1:
+            grad_norm = learner._grad_norm()
+        learner.engine.step()
+        loss_total += loss.item()
+    learner.step += 1
+    if learner.engine.get_global_grad_norm() is not None:
+        grad_norm = float(learner.engine.get_global_grad_norm())
+    return {
+        "loss": loss_total,
+        "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+        "lr": lr,
+        "tokens": n_tokens,
+        "step": learner.step,
+    }
