@@ -176,6 +176,14 @@ def plan(args: argparse.Namespace) -> int:
     return 0 if result.fits else 1
 
 
+def report(args: argparse.Namespace) -> int:
+    from cluster.report import write_report
+
+    table, picture = write_report(args.run_dirs, args.out)
+    print(table.read_text() + f"\nwrote {table} and {picture}")
+    return 0
+
+
 def _token(args: argparse.Namespace, host: str) -> str | None:
     """The endpoint's bearer token (--token, else $AUDIO_GRPO_TOKEN); warns when none guards a
     port beyond loopback."""

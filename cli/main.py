@@ -112,6 +112,11 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of train or sft")
+    p.add_argument("--out", default="report", help="where report.md and report.png go")
+
+
 def _evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an HF-format Qwen2-Audio folder")
     p.add_argument("--data", required=True, help="MMAU-format JSON (or AVQA JSON lines)")
@@ -163,6 +168,7 @@ def subcommands() -> list[Command]:
             _plan_args,
             commands.plan,
         ),
+        ("report", "runs side by side: one Markdown table and one picture", _report_args, commands.report),
         ("eval", "evaluate a checkpoint on MMAU-format data with vLLM", _evaluation_args, commands.evaluate),
         (
             "reward",

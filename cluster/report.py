@@ -1,0 +1,112 @@
+"""Runs side by side: `audio-grpo report RUN_DIR... [--out DIR]`.
+
+For each run directory (GRPO from `train`, SFT from `sft`, any mix): MMAU's metric on its held-out
+predictions (`eval/step-N.json`) in total, per task and per difficulty, at the best and at the
+last evaluated step, with the training samples seen (questions drawn: `data_position`) and the
+wall time up to each. One Markdown table (`report.md`) and one picture (`report.png`: held-out
+accuracy against step and against samples seen, one line per run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reward.mmau import mmau_scores
+
+
+@dataclass
+class RunSummary:
+    name: str
+    kind: str  # "grpo" or "sft"
+    evals: dict[int, dict[str, Any]]  # step -> MMAU scores
+    seen: dict[int, int] = field(default_factory=dict)  # step -> training questions drawn
+    seconds: dict[int, float] = field(default_factory=dict)  # step -> wall seconds of the steps so far
+
+    @property
+    def best(self) -> int:
+        return max(self.evals, key=lambda s: (self.evals[s]["total"], -s))
+
+    @property
+    def last(self) -> int:
+        return max(self.evals)
+
+
+def read_run(run_dir: str | Path) -> RunSummary:
+    """A run's held-out scores per evaluated step and its progress per step."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (not a run directory)")
+    config = (
+        yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    )
+    records = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+    evals = {}
+    for path in sorted((run_dir / "eval").glob("step-*.json")):
+        step = int(path.stem.split("-")[1])
+        evals[step] = mmau_scores(json.loads(path.read_text()))
+    if not evals:
+        raise ValueError(f"{run_dir}: no evaluated step (eval/step-N.json)")
+    seen, seconds, total = {}, {}, 0.0
+    for record in records:
+        total += float(record.get("step_s", 0.0))
+        seen[record["step"]], seconds[record["step"]] = int(record.get("data_position", 0)), total
+    kind = "grpo" if any("reward_mean" in r for r in records) else "sft"
+    return RunSummary(config.get("name", run_dir.name), kind, evals, seen, seconds)
+
+
+def markdown_table(runs: list[RunSummary]) -> str:
+    """One row per run and point (best, last): total, per task, per difficulty, samples, time."""
+    tasks = sorted({t for r in runs for s in r.evals.values() for t in s["task"]})
+    levels = sorted({d for r in runs for s in r.evals.values() for d in s["difficulty"]})
+    header = ["run", "kind", "point", "step", "MMAU %", *tasks, *levels, "questions seen", "wall"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in runs:
+        for point, step in (("best", run.best), ("last", run.last)):
+            scores = run.evals[step]
+            cells = [run.name, run.kind, point, str(step), f"{scores['total']:.1f}"]
+            cells += [f"{scores['task'].get(t, float('nan')):.1f}" for t in tasks]
+            cells += [f"{scores['difficulty'].get(d, float('nan')):.1f}" for d in levels]
+            cells += [str(run.seen.get(step, "")), f"{run.seconds.get(step, 0.0) / 60:.1f} min"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[RunSummary], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_seen) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for run in runs:
+        steps = sorted(run.evals)
+        accuracy = [run.evals[s]["total"] for s in steps]
+        label = f"{run.name} ({run.kind})"
+        by_step.plot(steps, accuracy, marker="o", label=label)
+        by_seen.plot([run.seen.get(s, 0) for s in steps], accuracy, marker="o", label=label)
+    by_step.set(xlabel="training step", ylabel="held-out accuracy (MMAU metric, %)", ylim=(0, 100))
+    by_seen.set(xlabel="training questions seen")
+    for axis in (by_step, by_seen):
+        axis.grid(alpha=0.3)
+    by_step.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
+    """`report.md` and `report.png` for the runs, in `out_dir`."""
+    runs = [read_run(d) for d in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table, picture = out / "report.md", out / "report.png"
+    table.write_text(markdown_table(runs))
+    plot(runs, picture)
+    return table, picture
