@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from learner.config import LearnerConfig, LossConfig, OptimizerConfig, ParallelConfig
+from learner.config import LearnerConfig, LoraSettings, LossConfig, OptimizerConfig, ParallelConfig
 from reward.rewards import AccuracyRule, RewardWeights
 from rollout.prompt import PromptConfig
 from rollout.sampling import SamplingConfig
@@ -77,6 +77,7 @@ class LearnerGroupConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def learner_config(config: RunConfig) -> LearnerConfig:
         optimizer=dataclasses.replace(section.optimizer, schedule_steps=steps),
         loss=section.loss,
         parallel=section.parallel,
+        lora=section.lora,
         sampling=config.sampling,
         prompt=config.prompt,
         seed=sub_seed(config.train.seed, "learner"),

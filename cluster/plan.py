@@ -138,12 +138,16 @@ def learner_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
     # Mixed precision Adam: fp32 master, two moments and DeepSpeed's fp32 gradient partition;
     # in float32 the weights are the master copy.
     optimizer_bytes = 16 if b == 2 else 8
+    trainable = lora_params(config, shape) if learner.lora.rank else p  # LoRA: adapters only
     needs = [
         Need("weights", p * b / per[stage == 3]),
-        Need("gradients", p * b / per[stage >= 2]),
-        Need(f"optimizer state (Adam, {optimizer_bytes} B/param)", p * optimizer_bytes / per[stage >= 1]),
+        Need(f"gradients ({trainable / 1e6:.0f} M trainable params)", trainable * b / per[stage >= 2]),
+        Need(
+            f"optimizer state (Adam, {optimizer_bytes} B/param)",
+            trainable * optimizer_bytes / per[stage >= 1],
+        ),
     ]
-    if config.learner.loss.beta != 0.0:
+    if config.learner.loss.beta != 0.0 and not learner.lora.rank:  # LoRA: the base, adapters off
         where = "host" if parallel.reference_offload else "gpu"
         needs.append(Need("reference model", p * b / per[stage == 3], where))
     if stage == 3:
@@ -154,6 +158,19 @@ def learner_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
     if learner.gpus_per_rank > 0:
         needs.append(Need("CUDA context, NCCL, allocator slack", CUDA_CONTEXT))
     return needs
+
+
+def lora_params(config: RunConfig, shape: ModelShape) -> int:
+    """Adapter parameters: rank x (fan-in + fan-out) of each targeted language-model projection."""
+    lora = config.learner.lora
+    h, kv, inter = shape.hidden, shape.kv_width, shape.intermediate
+    sides = {
+        "q_proj": 2 * h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": 2 * h,
+        "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h,
+    }  # fmt: skip
+    per_layer = sum(sides.get(m.strip(), 0) for m in lora.target_modules.split(","))
+    audio = 6 * shape.audio_hidden + 2 * (shape.audio_hidden + shape.audio_intermediate) if lora.audio else 0
+    return lora.rank * (shape.layers * per_layer + shape.audio_layers * audio)
 
 
 def _activation_needs(config: RunConfig, shape: ModelShape, b: int) -> list[Need]:

@@ -59,12 +59,26 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (the `peft` library) instead of full fine-tuning; rank 0 = off. The reference
+    is then the same model with its adapters off (no second copy); checkpoints and rollout engines
+    get merged weights."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # language model
+    audio: bool = False  # also the audio encoder's attention and MLP, and the projector
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """Everything a `Learner` reads; the last three are the run's own facts, wired in."""
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     # Log-probs are taken of logits / sampling.temperature; dr_grpo divides by sampling.max_tokens.
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)

@@ -100,3 +100,27 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     deepspeed.init_distributed(
         dist_backend=backend, auto_mpi_discovery=False, rank=rank, world_size=world_size
     )
+
+
+def build_reference(config: LearnerConfig, model_path: str, dtype, device):
+    """The frozen reference scorer: under ZeRO-3 its own inference engine, sharded over the ranks
+    (optionally offloaded); otherwise a whole copy on this rank's device."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from learner.policy import CompletionScorer
+
+    parallel = config.parallel
+    if parallel.reference_offload and parallel.zero_stage != 3:
+        raise ValueError("learner.parallel.reference_offload needs learner.parallel.zero_stage: 3")
+    ds_config = reference_deepspeed_config(config)
+    with zero3_loading(ds_config) if parallel.zero_stage == 3 else contextlib.nullcontext():
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+    model.eval().requires_grad_(False)
+    scorer = CompletionScorer(model, config.sampling.temperature, parallel.share_prompt)
+    if parallel.zero_stage != 3:
+        return scorer.to(device)
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=scorer, config=ds_config)
+    engine.eval()
+    return engine

@@ -19,10 +19,10 @@ import torch
 
 from learner.config import LearnerConfig
 from learner.deepspeed_setup import (
+    build_reference,
     deepspeed_config,
     init_distributed,
     lr_lambda,
-    reference_deepspeed_config,
     zero3_loading,
 )
 from learner.grpo import grpo_loss
@@ -97,10 +97,23 @@ class Learner:
         dtype, ds_config = getattr(torch, parallel.dtype), deepspeed_config(config)
         with zero3_loading(ds_config):
             policy = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
+        if config.lora.rank:
+            from learner.lora import add_lora
+
+            if parallel.zero_stage == 3:
+                raise ValueError(
+                    "learner.lora with learner.parallel.zero_stage 3 is not supported yet: use 0-2"
+                )
+            policy = add_lora(policy, config.lora)  # only the adapters train
         if parallel.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            # Non-reentrant: gradients reach adapters inside checkpointed layers whose inputs
+            # (frozen embeddings) need none.
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=optim.lr, betas=optim.adam_betas, weight_decay=optim.weight_decay
+            [p for p in policy.parameters() if p.requires_grad],
+            lr=optim.lr,
+            betas=optim.adam_betas,
+            weight_decay=optim.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
         scorer = CompletionScorer(policy, config.sampling.temperature, parallel.share_prompt)
@@ -112,34 +125,18 @@ class Learner:
             # call, so ZeRO-3 would never gather it; register it with the encoder that uses it.
             tower = self.model.model.audio_tower
             deepspeed.zero.register_external_parameter(tower, tower.embed_positions.weight)
-        self.reference = self._build_reference(dtype) if config.loss.beta != 0.0 else None
+        # With LoRA the reference is the policy with its adapters off: no second model.
+        self.reference = (
+            build_reference(config, self.model_path, dtype, self.device)
+            if config.loss.beta and not config.lora.rank
+            else None
+        )
         generation = self.model.generation_config
         eos = generation.eos_token_id
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.step = 0
         self._sender = None  # the weight transfer's trainer engine (init_weight_transfer)
-
-    def _build_reference(self, dtype: torch.dtype):
-        """The frozen reference scorer: under ZeRO-3 its own inference engine, sharded over the ranks
-        (optionally offloaded); otherwise a whole copy on this rank's device."""
-        from transformers import Qwen2AudioForConditionalGeneration
-
-        parallel = self.config.parallel
-        if parallel.reference_offload and parallel.zero_stage != 3:
-            raise ValueError("learner.parallel.reference_offload needs learner.parallel.zero_stage: 3")
-        ds_config = reference_deepspeed_config(self.config)
-        with zero3_loading(ds_config) if parallel.zero_stage == 3 else contextlib.nullcontext():
-            model = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
-        model.eval().requires_grad_(False)
-        scorer = CompletionScorer(model, self.config.sampling.temperature, parallel.share_prompt)
-        if parallel.zero_stage != 3:
-            return scorer.to(self.device)
-        import deepspeed
-
-        engine, *_ = deepspeed.initialize(model=scorer, config=ds_config)
-        engine.eval()
-        return engine
 
     @property
     def model(self):
@@ -179,16 +176,16 @@ class Learner:
         """(published name, whole tensor) for every weight, gathered about `group_bytes` at a time
         under ZeRO-3 (each tensor is valid until the next is asked for). Collective: every rank
         iterates it to the end."""
-        from learner.hf_format import published_name
-        from rollout.weight_transfer import plan_chunks
+        from learner.lora import published_weights
+        from rollout.weight_transfer import nbytes, plan_chunks
 
-        params = list(self.model.named_parameters())  # tied weights once
-        sizes = [getattr(p, "ds_numel", p.numel()) * p.element_size() for _, p in params]
+        weights = published_weights(self.model)  # adapters merged
+        sizes = [nbytes(w.shape, w.params[0].dtype) for w in weights]
         for chunk in plan_chunks(sizes, group_bytes):
-            group = [params[i] for i in chunk]
-            with self.gathered([p for _, p in group]):
-                for name, p in group:
-                    yield published_name(name), p.detach()
+            group = [weights[i] for i in chunk]
+            with self.gathered([p for w in group for p in w.params]):
+                for weight in group:
+                    yield weight.name, weight.value()
 
     def _micro_batches(self, batch: LearnerBatch) -> list[list[int]]:
         """Question indices per micro-batch."""
@@ -304,10 +301,7 @@ class Learner:
         """Per micro-batch, the log-probs the update holds fixed: the reference's (for the KL), and
         the ratio's denominator: the sampling policy's when the rollouts came with them, else this
         policy before the update (which only matters for several updates per batch)."""
-        refs = [
-            self._logprobs(self.reference, rows, encoded, q) if self.reference is not None else None
-            for q, rows, _ in prepared
-        ]
+        refs = [self._reference_logprobs(rows, encoded, q) for q, rows, _ in prepared]
         olds = [
             self._behaviour(batch, q, rows.completion_ids.size(1))
             if batch.behaviour_logprobs
@@ -317,6 +311,17 @@ class Learner:
             for q, rows, _ in prepared
         ]
         return refs, olds
+
+    def _reference_logprobs(self, rows, encoded, questions: list[int]) -> torch.Tensor | None:
+        """The frozen reference's log-probs: its own model, or with LoRA this policy's adapters off."""
+        if self.config.loss.beta == 0.0:
+            return None
+        if self.reference is not None:
+            return self._logprobs(self.reference, rows, encoded, questions)
+        from learner.lora import adapters_disabled
+
+        with adapters_disabled(self.model):
+            return self._logprobs(self.engine, rows, encoded, questions)
 
     def _micro_weight(self, rows, n_responses: int, n_tokens: float, n_micro: int) -> tuple[float, float]:
         """(loss weight, token share) of one micro-batch, as TRL weighs them: grpo and dr_grpo per

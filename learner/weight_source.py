@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
-from learner.hf_format import published_name
 from rollout.weight_transfer import BufferStats, TransportError, nbytes, plan_chunks, transport_problem
 
 
@@ -25,17 +24,17 @@ class PolicySource(WeightSource):
     """The learner's weights, one parameter group (about `group_bytes` on the wire) at a time."""
 
     def __init__(self, learner, wire_dtype: torch.dtype, group_bytes: int):
+        from learner.lora import published_weights
+
         self.learner, self.stats = learner, BufferStats()
-        params = [(published_name(n), p) for n, p in learner.model.named_parameters()]  # tied: once
+        weights = published_weights(learner.model)  # tied once; LoRA adapters merged
         self._meta = [
-            ParamMeta(
-                name, wire_dtype if p.is_floating_point() else p.dtype, tuple(getattr(p, "ds_shape", p.shape))
-            )
-            for name, p in params
+            ParamMeta(w.name, wire_dtype if w.params[0].is_floating_point() else w.params[0].dtype, w.shape)
+            for w in weights
         ]
         sizes = [nbytes(m.shape, m.dtype) for m in self._meta]
         self._groups = [
-            [(params[i][1], self._meta[i]) for i in chunk] for chunk in plan_chunks(sizes, group_bytes)
+            [(weights[i], self._meta[i]) for i in chunk] for chunk in plan_chunks(sizes, group_bytes)
         ]
         self._pass = None
         self._done = False
@@ -49,15 +48,16 @@ class PolicySource(WeightSource):
 
     def _stream(self):
         for group in self._groups:
-            params = [p for p, _ in group]
+            params = [p for weight, _ in group for p in weight.params]
             gathered = sum(getattr(p, "ds_numel", 0) * p.element_size() for p in params)
             with self.learner.gathered(params):
                 self.stats.hold(gathered)
                 try:
-                    for p, meta in group:
-                        tensor = p.detach().to(meta.dtype)
-                        if tensor.data_ptr() != p.data_ptr():
-                            self.stats.track(tensor)
+                    for weight, meta in group:
+                        source = weight.value()
+                        tensor = source.to(meta.dtype)
+                        if tensor.data_ptr() not in {p.data_ptr() for p in weight.params}:
+                            self.stats.track(tensor)  # a cast or merged copy, alive while sent
                         yield meta.name, tensor
                 finally:
                     self.stats.release(gathered)

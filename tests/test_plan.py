@@ -54,25 +54,30 @@ def test_a_config_that_cannot_fit_is_refused_with_the_setting_to_change():
         check_fits(load_config("r1-aqa", ["hardware.gpu_gib=24", "hardware.host_gib=1024"]))
 
 
-def test_estimated_learner_state_matches_a_real_learner(tiny_model_dir):
+@pytest.mark.parametrize("lora_rank", [0, 8])
+def test_estimated_learner_state_matches_a_real_learner(tiny_model_dir, lora_rank):
     """Weights, Adam state and reference as the plan counts them against the tensors a float32
-    ZeRO-0 learner holds after a step (gradients are freed by then and counted as one more copy)."""
-    learner = make_learner(tiny_model_dir)
+    ZeRO-0 learner holds after a step (gradients are freed by then and counted as one more copy);
+    with LoRA, Adam state for the adapters only and no reference copy."""
+    from learner.config import LoraSettings
+
+    learner = make_learner(tiny_model_dir, lora=LoraSettings(rank=lora_rank))
     learner.train_step(pitch_batch(learner.processor.tokenizer))
-    measured = sum(p.numel() * p.element_size() for p in learner.model.parameters())
+    measured = sum(
+        p.numel() * p.element_size() for n, p in learner.model.named_parameters() if ".lora_" not in n
+    )
     measured += sum(
         t.numel() * t.element_size()
         for state in learner.optimizer.state.values()
         for t in state.values()
         if torch.is_tensor(t) and t.dim() > 0
     )
-    measured += sum(p.numel() * p.element_size() for p in learner.reference.parameters())
-    config = load_config(
-        "tiny-cpu",
-        [f"model.path={tiny_model_dir}", "learner.parallel.dtype=float32", "learner.loss.beta=0.04"],
-    )
+    if learner.reference is not None:
+        measured += sum(p.numel() * p.element_size() for p in learner.reference.parameters())
+    overrides = [f"model.path={tiny_model_dir}", "learner.parallel.dtype=float32", "learner.loss.beta=0.04"]
+    config = load_config("tiny-cpu", [*overrides, f"learner.lora.rank={lora_rank}"])
     needs = {n.item.split(" (")[0]: n.nbytes for n in learner_needs(config, model_shape(str(tiny_model_dir)))}
-    estimate = needs["weights"] + needs["optimizer state"] + needs["reference model"]
+    estimate = needs["weights"] + needs["optimizer state"] + needs.get("reference model", 0.0)
     assert estimate == pytest.approx(measured, rel=0.02), (estimate, measured)
 
 

@@ -68,7 +68,7 @@ def steps_logged(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def actor_pids(class_name: str, since: float) -> list[int]:
+def actor_pids(class_name: str, since: float = 0.0) -> list[int]:
     return [
         p.pid
         for p in psutil.process_iter(["cmdline", "create_time"])
@@ -111,14 +111,17 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
     seed = int(os.environ.get("CHAOS_SEED", started))  # the order is in every failure's message
     random.Random(seed).shuffle(kinds)
     kinds_seen = f"kill order {kinds} (CHAOS_SEED={seed})"
+    # Ray hands actors to idle workers it started earlier, so a new actor's process may be older
+    # than this run: tell this run's actors from earlier tests' by the pids that already had the name.
+    earlier = {kind: set(actor_pids(kind)) for kind in kinds}
     proc = start_train(
-        service_env, run_dir, "--max-steps", "12", "--set", "train.eval_every=6",
-        "--set", "train.save_every=3", "--serve", "--serve-port", str(free_port()),
+        service_env, run_dir, "--max-steps", "16", "--set", "train.eval_every=8",
+        "--set", "train.save_every=4", "--serve", "--serve-port", str(free_port()),
     )  # fmt: skip
     for i, kind in enumerate(kinds):
         wait_for(lambda i=i: len(steps_logged(run_dir)) >= 2 * (i + 1), 400, f"step {2 * (i + 1)}", proc)
-        pids = wait_for(lambda kind=kind: actor_pids(kind, started), 60, f"a {kind} pid", proc)
-        os.kill(pids[-1], signal.SIGKILL)
+        fresh = lambda kind=kind: [p for p in actor_pids(kind) if p not in earlier[kind]]  # noqa: E731
+        os.kill(wait_for(fresh, 60, f"a {kind} pid", proc)[-1], signal.SIGKILL)
     exported = wait_for(
         lambda: "audio_grpo_reward_mean" in (text := prometheus_text(ray_head["metrics"])) and text,
         120,
@@ -128,10 +131,10 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
     assert proc.wait(timeout=900) == 0, kinds_seen + (tmp_path / "run.log").read_text()[-4000:]
 
     records = steps_logged(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 13)), kinds_seen
+    assert [r["step"] for r in records] == list(range(1, 17)), kinds_seen
     assert all(r["samples"] == 64 for r in records)  # every question re-generated once, none twice
-    assert [r["policy_version"] for r in records] == list(range(1, 13))
-    assert [r["data_position"] for r in records] == [8 * s for s in range(1, 13)]  # no question skipped
+    assert [r["policy_version"] for r in records] == list(range(1, 17))
+    assert [r["data_position"] for r in records] == [8 * s for s in range(1, 17)]  # no question skipped
     assert records[-1]["worker_restarts"] >= 3 and records[-1]["learner_restarts"] >= 1, kinds_seen
     for name in (
         "reward_mean",
@@ -143,14 +146,14 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
     ):
         assert f"audio_grpo_{name}" in exported
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rollout_policy_versions"] == [12, 12, 12]  # two workers and the live endpoint
+    assert summary["rollout_policy_versions"] == [16, 16, 16]  # two workers and the live endpoint
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "tensorboard").iterdir())
-    assert (run_dir / "eval" / "step-12.json").is_file() and "eval_accuracy" in records[-1]
+    assert (run_dir / "eval" / "step-16.json").is_file() and "eval_accuracy" in records[-1]
 
     # The last checkpoint loads in transformers, and in vLLM through `audio-grpo eval`.
     from transformers import Qwen2AudioForConditionalGeneration
 
-    checkpoint = run_dir / "checkpoints" / "step-12"
+    checkpoint = run_dir / "checkpoints" / "step-16"
     Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
     data = Path(service_env["AUDIO_GRPO_CACHE"]) / "tiny-cpu" / "data"
     evaluated = subprocess.run(
@@ -237,13 +240,16 @@ def test_overlapped_rollouts_run_one_update_behind(service_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_path):
-    """`audio-grpo sft`: the same data, prompt, evaluation and run directory as GRPO; held-out
-    accuracy leaves chance on the in-distribution split and the checkpoint loads in transformers."""
+@pytest.mark.parametrize("preset", ["tiny-cpu-sft", "tiny-cpu-sft-lora"])
+def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_path, preset):
+    """`audio-grpo sft`, full and LoRA: the same data, prompt, evaluation and run directory as
+    GRPO; held-out accuracy leaves chance on the in-distribution split; the checkpoint (LoRA:
+    merged, under the base model's names) loads in transformers."""
+    from safetensors import safe_open
     from transformers import Qwen2AudioForConditionalGeneration
 
     run_dir = tmp_path / "sft"
-    command = cli_command("sft", "--config", "tiny-cpu-sft", "--run-dir", str(run_dir), "--max-steps", "20")
+    command = cli_command("sft", "--config", preset, "--run-dir", str(run_dir), "--max-steps", "20")
     done = subprocess.run(
         [*command, "--no-progress", "--set", "train.eval_every=10", "--set", "train.save_every=10"],
         cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=900,
@@ -255,7 +261,10 @@ def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_
     assert [r["data_position"] for r in records] == [8 * s for s in range(1, 21)]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "eval" / "step-20.json").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["rollout_policy_versions"] == [20]
-    Qwen2AudioForConditionalGeneration.from_pretrained(run_dir / "checkpoints" / "step-20")
+    checkpoint = run_dir / "checkpoints" / "step-20"
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as weights:
+        assert not any("lora_" in key or "base_layer" in key for key in weights.keys())
+    Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
 
 
 @pytest.mark.slow
