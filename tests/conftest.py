@@ -4,11 +4,13 @@ test session. Helper functions live in helpers.py."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from helpers import ROOT, fp32_llm
 
+from cli.main import cli_command
 from cluster.network import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,3 +127,27 @@ def ray_cluster(ray_head):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def service_env(ray_head, tmp_path_factory):
+    """Environment for training subprocesses: the session's Ray cluster and an asset cache built once
+    (the tiny-cpu model with a 30-step warm start, the synthetic data)."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {
+        **ray_head["env"],
+        "RAY_ADDRESS": ray_head["address"],
+        "AUDIO_GRPO_CACHE": str(cache),
+        "PYTHONUNBUFFERED": "1",
+    }
+    # Build the tiny model (with its warm start) and the data once, before any timed run.
+    built = subprocess.run(
+        cli_command("prepare", "--config", "tiny-cpu", "--set", "model.warm_start_steps=30"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    return env

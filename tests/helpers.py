@@ -8,14 +8,16 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import soundfile as sf
 import torch
 
-from cli.main import cli_command
+from cli.main import cli_command, train_command
 from cluster.network import free_port
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
@@ -205,3 +207,56 @@ def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.P
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError("serve did not come up")
+
+
+# -- training runs as processes (the service tests) ---------------------------------------------------
+
+FAST = ["--set", "model.warm_start_steps=30", "--set", "sync.timeout_s=60", "--no-progress"]
+
+
+def start_train(env, run_dir: Path, *extra: str) -> subprocess.Popen:
+    log = open(run_dir.parent / f"{run_dir.name}.log", "a")
+    return subprocess.Popen(
+        train_command(run_dir, extra=(*FAST, *extra)),
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def steps_logged(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def actor_pids(class_name: str, since: float = 0.0) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if p.info["cmdline"]
+        and p.info["cmdline"][0].startswith(f"ray::{class_name}")
+        and p.info["create_time"] >= since
+    ]
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"training exited (rc {process.returncode}) while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def prometheus_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return ""

@@ -1,6 +1,6 @@
 """The distributed training service, for real: `audio-grpo train` on a `ray start --head` cluster.
 
-One run is attacked while it trains (a rollout worker and the reward actor are SIGKILLed; the
+One run is attacked while it trains (chaos: an actor of every kind is SIGKILLed; the
 Prometheus endpoint is read); one driver is killed and resumed; one job goes through
 `ray job submit`. Each run uses the tiny-cpu preset on assets built once for the module.
 """
@@ -14,88 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import FAST, actor_pids, prometheus_text, start_train, steps_logged, wait_for
 
 from cli.main import cli_command, train_command
 from cluster.network import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "model.warm_start_steps=30", "--set", "sync.timeout_s=60", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def service_env(ray_head, tmp_path_factory):
-    """Environment for training subprocesses: the session's Ray cluster and a module asset cache."""
-    cache = tmp_path_factory.mktemp("cache")
-    env = {
-        **ray_head["env"],
-        "RAY_ADDRESS": ray_head["address"],
-        "AUDIO_GRPO_CACHE": str(cache),
-        "PYTHONUNBUFFERED": "1",
-    }
-    # Build the tiny model (with its warm start) and the data once, before any timed run.
-    built = subprocess.run(
-        cli_command("prepare", "--config", "tiny-cpu", "--set", "model.warm_start_steps=30"),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    return env
-
-
-def start_train(env, run_dir: Path, *extra: str) -> subprocess.Popen:
-    log = open(run_dir.parent / f"{run_dir.name}.log", "a")
-    return subprocess.Popen(
-        train_command(run_dir, extra=(*FAST, *extra)),
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def steps_logged(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def actor_pids(class_name: str, since: float = 0.0) -> list[int]:
-    return [
-        p.pid
-        for p in psutil.process_iter(["cmdline", "create_time"])
-        if p.info["cmdline"]
-        and p.info["cmdline"][0].startswith(f"ray::{class_name}")
-        and p.info["create_time"] >= since
-    ]
-
-
-def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"training exited (rc {process.returncode}) while waiting for {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def prometheus_text(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-    except OSError:
-        return ""
 
 
 @pytest.mark.slow
@@ -237,34 +164,6 @@ def test_overlapped_rollouts_run_one_update_behind(service_env, tmp_path):
     assert [r["data_position"] for r in records] == [8 * s for s in range(1, 6)]
     assert all(r["samples"] == 64 and r["loss"] == r["loss"] for r in records)  # no NaN
     assert json.loads((run_dir / "summary.json").read_text())["rollout_policy_versions"] == [5, 5]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", ["tiny-cpu-sft", "tiny-cpu-sft-lora"])
-def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_path, preset):
-    """`audio-grpo sft`, full and LoRA: the same data, prompt, evaluation and run directory as
-    GRPO; held-out accuracy leaves chance on the in-distribution split; the checkpoint (LoRA:
-    merged, under the base model's names) loads in transformers."""
-    from safetensors import safe_open
-    from transformers import Qwen2AudioForConditionalGeneration
-
-    run_dir = tmp_path / "sft"
-    command = cli_command("sft", "--config", preset, "--run-dir", str(run_dir), "--max-steps", "20")
-    done = subprocess.run(
-        [*command, "--no-progress", "--set", "train.eval_every=10", "--set", "train.save_every=10"],
-        cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    records = steps_logged(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 21))
-    assert records[0]["loss"] > records[-1]["loss"] and records[-1]["eval_accuracy"] > 75.0  # chance: 50
-    assert [r["data_position"] for r in records] == [8 * s for s in range(1, 21)]
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "eval" / "step-20.json").is_file()
-    assert json.loads((run_dir / "summary.json").read_text())["rollout_policy_versions"] == [20]
-    checkpoint = run_dir / "checkpoints" / "step-20"
-    with safe_open(str(checkpoint / "model.safetensors"), "pt") as weights:
-        assert not any("lora_" in key or "base_layer" in key for key in weights.keys())
-    Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
 
 
 @pytest.mark.slow
