@@ -25,7 +25,7 @@ GIB = 2**30
 STEP_ITEMS = ("gradients", "optimizer state", "activations", "prompt KV", "audio encoder", "logits")
 
 
-def measure(model_dir: str, completion_tokens: int) -> dict:
+def measure(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
     """In this process: the learner's held state bytes and its peak RSS growth over one step."""
     import resource
 
@@ -33,13 +33,15 @@ def measure(model_dir: str, completion_tokens: int) -> dict:
     import torch
 
     from cluster.network import free_port
-    from learner.config import LearnerConfig, ParallelConfig
+    from learner.config import LearnerConfig, LoraSettings, ParallelConfig
     from learner.learner import Learner, LearnerBatch
+    from learner.lora import published_weights
     from rollout.sampling import SamplingConfig
 
     config = LearnerConfig(
         parallel=ParallelConfig(dtype="float32", micro_batch_questions=1),
         sampling=SamplingConfig(max_tokens=completion_tokens),
+        lora=LoraSettings(rank=lora_rank),
     )
     learner = Learner(model_dir, config, master_port=free_port())
     rng = np.random.default_rng(0)
@@ -65,10 +67,15 @@ def measure(model_dir: str, completion_tokens: int) -> dict:
         for t in state.values()
         if torch.is_tensor(t) and t.dim() > 0
     )
-    return {"state": tensors(learner.model) + adam + tensors(learner.reference), "step_peak": after - before}
+    reference = tensors(learner.reference) if learner.reference is not None else 0
+    sent = sum(
+        w.params[0].element_size() * int(torch.Size(w.shape).numel())
+        for w in published_weights(learner.model)
+    )
+    return {"state": tensors(learner.model) + adam + reference, "step_peak": after - before, "sent": sent}
 
 
-def estimate(model_dir: str, completion_tokens: int) -> dict:
+def estimate(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
     from cluster.config import load_config
     from cluster.plan import learner_needs, model_shape
 
@@ -78,6 +85,7 @@ def estimate(model_dir: str, completion_tokens: int) -> dict:
             f"model.path={model_dir}",
             f"sampling.max_tokens={completion_tokens}",
             "learner.parallel.micro_batch_questions=1",
+            f"learner.lora.rank={lora_rank}",
         ],
     )
     needs = learner_needs(config, model_shape(model_dir))
@@ -92,25 +100,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", required=True, help="label=DIR,... (e.g. tiny=A,small=B)")
     parser.add_argument("--completion-tokens", type=int, default=64)
+    parser.add_argument("--lora-ranks", default="0,16", help="0 = full fine-tuning")
     parser.add_argument("--out", default="bench/results/plan_check.json")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.completion_tokens)))
+        print(json.dumps(measure(args.measure, args.completion_tokens, int(args.lora_ranks))))
         return 0
     rows = []
-    print(f"{'model':8} {'what':10} {'estimate MiB':>13} {'measured MiB':>13} {'error':>7}")
+    print(f"{'model':8} {'lora':>4} {'what':10} {'estimate MiB':>13} {'measured MiB':>13} {'error':>7}")
     for label, model_dir in (item.split("=", 1) for item in args.models.split(",")):
-        child = [sys.executable, __file__, "--models", "-", "--measure", model_dir]
-        child += ["--completion-tokens", str(args.completion_tokens)]
-        done = subprocess.run(child, capture_output=True, text=True, cwd=ROOT, check=True)
-        measured = json.loads(done.stdout.strip().splitlines()[-1])
-        planned = estimate(model_dir, args.completion_tokens)
-        for what in ("state", "step_peak"):
-            error = (planned[what] - measured[what]) / measured[what] * 100
-            mib = planned[what] / 2**20, measured[what] / 2**20
-            print(f"{label:8} {what:10} {mib[0]:13.1f} {mib[1]:13.1f} {error:+6.1f}%")
-            rows.append({"model": label, "what": what, "estimate": planned[what], "measured": measured[what]})
+        for rank in (int(r) for r in args.lora_ranks.split(",")):
+            child = [
+                sys.executable,
+                __file__,
+                "--models",
+                "-",
+                "--measure",
+                model_dir,
+                "--lora-ranks",
+                str(rank),
+            ]
+            child += ["--completion-tokens", str(args.completion_tokens)]
+            done = subprocess.run(child, capture_output=True, text=True, cwd=ROOT, check=True)
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            planned = estimate(model_dir, args.completion_tokens, rank)
+            for what in ("state", "step_peak"):
+                error = (planned[what] - measured[what]) / measured[what] * 100
+                mib = planned[what] / 2**20, measured[what] / 2**20
+                print(f"{label:8} {rank:4} {what:10} {mib[0]:13.1f} {mib[1]:13.1f} {error:+6.1f}%")
+                row = {"model": label, "lora_rank": rank, "what": what, "estimate": planned[what]}
+                rows.append({**row, "measured": measured[what]})
+            sent = measured["sent"] / 2**20
+            print(f"{label:8} {rank:4} {'sent':10} {'':13} {sent:13.1f}  (weight-transfer bytes)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps({"completion_tokens": args.completion_tokens, "rows": rows}, indent=1)
