@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast train bench lint format clean
+.PHONY: setup test test-fast train bench paper lint format clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,21 @@ test-fast: setup
 # Extra arguments: make train ARGS="--max-steps 100 --set learner.optimizer.lr=2e-3"
 train: setup
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/audio-grpo train --config tiny-cpu $(ARGS)
+
+# R1-AQA's comparison in miniature (about 10 minutes on 2 cores): GRPO, full SFT and LoRA SFT on the
+# synthetic pitch task, trained in distribution and evaluated out of distribution (other question
+# wording, other frequencies and durations), then `report` into docs/paper/.
+PAPER := runs/paper
+PAPER_DATA := --set data.train=$(PAPER)/data/train.jsonl --set data.eval=$(PAPER)/data/test-ood-mmau.json \
+	--set data.eval_max_items=0 --no-progress
+paper: setup
+	rm -rf $(PAPER)
+	$(BIN)/audio-grpo make-data $(PAPER)/data --n 1088 --tasks pitch --ood
+	export RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled}; \
+	$(BIN)/audio-grpo train --config tiny-cpu --run-dir $(PAPER)/grpo $(PAPER_DATA) && \
+	$(BIN)/audio-grpo sft --config tiny-cpu-sft --run-dir $(PAPER)/sft-full $(PAPER_DATA) && \
+	$(BIN)/audio-grpo sft --config tiny-cpu-sft-lora --run-dir $(PAPER)/sft-lora $(PAPER_DATA)
+	$(BIN)/audio-grpo report $(PAPER)/grpo $(PAPER)/sft-full $(PAPER)/sft-lora --out docs/paper
 
 # All benchmarks (about 15 to 20 minutes on 2 cores); figures land in bench/results/.
 bench: setup

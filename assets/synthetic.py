@@ -13,7 +13,10 @@ Tasks (sounds at 16 kHz, 0.5 to 2 s unless said):
 
 Output, in AVQA's JSON-lines form (R1-AQA's training format): OUT/train.jsonl, OUT/test.jsonl,
 clips under OUT/audio/; and the test split again in MMAU's form, OUT/test-mmau.json, for the
-evaluation code path.
+evaluation code path. With `ood`, also an out-of-distribution test split (OUT/test-ood.jsonl,
+OUT/test-ood-mmau.json), as MMAU is to AVQA: each task's question worded otherwise and its sounds
+drawn from other ranges (pitch: near 500 Hz / 1200 Hz and 2-3 s long; compare: closer tones;
+count: higher, longer beeps; timbre: tones above 3 kHz, quieter noise; loudness: a narrower gap).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class Task:
     name: str
     question: str
     classes: list[str]
-    render: Callable[[np.random.Generator, str], np.ndarray]
+    render: Callable[[np.random.Generator, str, bool], np.ndarray]  # (rng, label, shifted)
+    ood_question: str = ""  # the out-of-distribution split's wording
     n_choices: tuple[int, int] = (2, 2)  # inclusive range; extra choices are other classes
 
 
@@ -53,13 +57,18 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SAMPLE_RATE))
 
 
-def _pitch(rng: np.random.Generator, label: str) -> np.ndarray:
-    freq = (300 if label == "low" else 2000) * rng.uniform(0.9, 1.1)
-    return _tone(rng, freq, rng.uniform(0.5, 2.0), rng.uniform(0.05, 0.9))
+def _pitch(rng: np.random.Generator, label: str, shifted: bool = False) -> np.ndarray:
+    low, high, seconds = (500, 1200, (2.0, 3.0)) if shifted else (300, 2000, (0.5, 2.0))
+    freq = (low if label == "low" else high) * rng.uniform(0.9, 1.1)
+    return _tone(rng, freq, rng.uniform(*seconds), rng.uniform(0.05, 0.9))
 
 
-def _compare(rng: np.random.Generator, label: str) -> np.ndarray:
-    low, high = rng.uniform(200, 400), rng.uniform(1000, 3000)
+def _compare(rng: np.random.Generator, label: str, shifted: bool = False) -> np.ndarray:
+    low, high = (
+        (rng.uniform(450, 650), rng.uniform(900, 1200))
+        if shifted
+        else (rng.uniform(200, 400), rng.uniform(1000, 3000))
+    )
     first, second = (high, low) if label == "first" else (low, high)
     amplitude = rng.uniform(0.1, 0.8)
     return np.concatenate(
@@ -74,34 +83,68 @@ def _compare(rng: np.random.Generator, label: str) -> np.ndarray:
 COUNT_WORDS = ["one", "two", "three", "four"]
 
 
-def _count(rng: np.random.Generator, label: str) -> np.ndarray:
-    beeps, freq, amplitude = COUNT_WORDS.index(label) + 1, rng.uniform(600, 1500), rng.uniform(0.2, 0.8)
+def _count(rng: np.random.Generator, label: str, shifted: bool = False) -> np.ndarray:
+    beeps = COUNT_WORDS.index(label) + 1
+    freq = rng.uniform(1800, 3000) if shifted else rng.uniform(600, 1500)
+    amplitude, length = rng.uniform(0.2, 0.8), (0.2, 0.3) if shifted else (0.08, 0.15)
     parts = [_silence(rng.uniform(0.05, 0.2))]
     for _ in range(beeps):
-        parts += [_tone(rng, freq, rng.uniform(0.08, 0.15), amplitude), _silence(rng.uniform(0.12, 0.25))]
+        parts += [_tone(rng, freq, rng.uniform(*length), amplitude), _silence(rng.uniform(0.12, 0.25))]
     return np.concatenate(parts)
 
 
-def _timbre(rng: np.random.Generator, label: str) -> np.ndarray:
+def _timbre(rng: np.random.Generator, label: str, shifted: bool = False) -> np.ndarray:
     seconds, amplitude = rng.uniform(0.5, 2.0), rng.uniform(0.1, 0.6)
     if label == "tone":
-        return _tone(rng, rng.uniform(200, 3000), seconds, amplitude)
-    return amplitude * rng.uniform(-1, 1, int(seconds * SAMPLE_RATE))
+        return _tone(rng, rng.uniform(3000, 6000) if shifted else rng.uniform(200, 3000), seconds, amplitude)
+    return (0.3 if shifted else 1.0) * amplitude * rng.uniform(-1, 1, int(seconds * SAMPLE_RATE))
 
 
-def _loudness(rng: np.random.Generator, label: str) -> np.ndarray:
-    amplitude = rng.uniform(0.5, 0.9) if label == "loud" else rng.uniform(0.01, 0.04)
+def _loudness(rng: np.random.Generator, label: str, shifted: bool = False) -> np.ndarray:
+    loud, quiet = ((0.3, 0.45), (0.05, 0.08)) if shifted else ((0.5, 0.9), (0.01, 0.04))
+    amplitude = rng.uniform(*loud) if label == "loud" else rng.uniform(*quiet)
     return _tone(rng, rng.uniform(300, 2000), rng.uniform(0.5, 2.0), amplitude)
 
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("pitch", "Is the tone high or low?", ["high", "low"], _pitch),
-        Task("compare", "Which tone is higher, the first or the second?", ["first", "second"], _compare),
-        Task("count", "How many beeps are there?", COUNT_WORDS, _count, n_choices=(2, 4)),
-        Task("timbre", "Is this a pure tone or noise?", ["tone", "noise"], _timbre),
-        Task("loudness", "Is the sound loud or quiet?", ["loud", "quiet"], _loudness),
+        Task(
+            "pitch",
+            "Is the tone high or low?",
+            ["high", "low"],
+            _pitch,
+            "Is this sound high-pitched or low-pitched?",
+        ),
+        Task(
+            "compare",
+            "Which tone is higher, the first or the second?",
+            ["first", "second"],
+            _compare,
+            "Of the two tones, which one has the higher pitch: the first or the second?",
+        ),
+        Task(
+            "count",
+            "How many beeps are there?",
+            COUNT_WORDS,
+            _count,
+            "Count the beeps: how many are there?",
+            (2, 4),
+        ),
+        Task(
+            "timbre",
+            "Is this a pure tone or noise?",
+            ["tone", "noise"],
+            _timbre,
+            "Is this clip a pure tone, or is it noise?",
+        ),
+        Task(
+            "loudness",
+            "Is the sound loud or quiet?",
+            ["loud", "quiet"],
+            _loudness,
+            "How loud is this sound: loud or quiet?",
+        ),
     ]
 }
 
@@ -115,8 +158,11 @@ def _choices_for(rng: np.random.Generator, task: Task, answer: str, position: in
     return distractors[:position] + [answer] + distractors[position:]
 
 
-def make_items(n: int, seed: int, tasks: list[str], split: str, audio_dir: Path) -> list[dict]:
-    """Render `n` clips and return their AVQA records (audio paths relative to audio_dir's parent)."""
+def make_items(
+    n: int, seed: int, tasks: list[str], split: str, audio_dir: Path, shifted: bool = False
+) -> list[dict]:
+    """Render `n` clips and return their AVQA records (audio paths relative to audio_dir's parent);
+    `shifted`: the out-of-distribution wording and sounds."""
     rng = np.random.default_rng(seed)
     audio_dir.mkdir(parents=True, exist_ok=True)
     # Cycle (task, class, position) so classes and answer positions come out balanced.
@@ -127,7 +173,7 @@ def make_items(n: int, seed: int, tasks: list[str], split: str, audio_dir: Path)
         answer = task.classes[k % len(task.classes)]
         position = k // len(task.classes)  # each class visits every position in turn
         choices = _choices_for(rng, task, answer, position)
-        wave = task.render(rng, answer).astype(np.float32)
+        wave = task.render(rng, answer, shifted).astype(np.float32)
         name = f"{split}-{i:06d}"
         sf.write(audio_dir / f"{name}.wav", wave, SAMPLE_RATE, subtype="PCM_16")
         rows.append(
@@ -135,7 +181,7 @@ def make_items(n: int, seed: int, tasks: list[str], split: str, audio_dir: Path)
                 "id": i,
                 "video_name": name,
                 "video_id": i,
-                "question_text": task.question,
+                "question_text": task.ood_question if shifted else task.question,
                 "multi_choice": choices,
                 "answer": choices.index(answer),
                 "question_relation": "View",
@@ -166,9 +212,15 @@ def avqa_to_mmau(row: dict) -> dict:
 
 
 def make_dataset(
-    out_dir: str | Path, n: int, seed: int = 0, tasks: list[str] | None = None, test_fraction: float = 0.125
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    tasks: list[str] | None = None,
+    test_fraction: float = 0.125,
+    ood: bool = False,
 ) -> dict[str, Path]:
-    """Write train.jsonl, test.jsonl, test-mmau.json and the WAVs under `out_dir`."""
+    """Write train.jsonl, test.jsonl, test-mmau.json and the WAVs under `out_dir` (with `ood` also
+    test-ood.jsonl and test-ood-mmau.json, the test split's size)."""
     tasks = tasks or list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -177,14 +229,17 @@ def make_dataset(
         raise ValueError("--n must be at least 2 (one train and one test item)")
     out = Path(out_dir)
     n_test = max(1, round(n * test_fraction))
-    splits = {"train": n - n_test, "test": n_test}
+    splits = {"train": n - n_test, "test": n_test, **({"test-ood": n_test} if ood else {})}
     paths = {}
     for offset, (split, count) in enumerate(splits.items()):
-        rows = make_items(count, seed * 1000 + offset, tasks, split, out / "audio")
+        rows = make_items(
+            count, seed * 1000 + offset, tasks, split, out / "audio", shifted=split == "test-ood"
+        )
         path = out / f"{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         paths[split] = path
-    test_rows = [json.loads(line) for line in paths["test"].read_text().splitlines()]
-    paths["test-mmau"] = out / "test-mmau.json"
-    paths["test-mmau"].write_text(json.dumps([avqa_to_mmau(r) for r in test_rows], indent=1))
+    for split in [s for s in splits if s != "train"]:
+        test_rows = [json.loads(line) for line in paths[split].read_text().splitlines()]
+        paths[f"{split}-mmau"] = out / f"{split}-mmau.json"
+        paths[f"{split}-mmau"].write_text(json.dumps([avqa_to_mmau(r) for r in test_rows], indent=1))
     return paths

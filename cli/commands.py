@@ -35,7 +35,7 @@ def make_data(args: argparse.Namespace) -> int:
 
     tasks = args.tasks.split(",") if args.tasks else None
     paths = make_dataset(
-        args.out_dir, n=args.n, seed=args.seed, tasks=tasks, test_fraction=args.test_fraction
+        args.out_dir, n=args.n, seed=args.seed, tasks=tasks, test_fraction=args.test_fraction, ood=args.ood
     )
     for split, path in paths.items():
         print(f"{split}: {path}")

@@ -48,6 +48,11 @@ def _make_data_args(p: argparse.ArgumentParser) -> None:
         "--tasks", default="", help="comma-separated subset of pitch,compare,count,timbre,loudness"
     )
     p.add_argument("--test-fraction", type=float, default=0.125)
+    p.add_argument(
+        "--ood",
+        action="store_true",
+        help="also an out-of-distribution test split (other wordings and sound ranges): test-ood*.json",
+    )
 
 
 def _check_data_args(p: argparse.ArgumentParser) -> None:
