@@ -95,3 +95,25 @@ def test_the_audio_decides_the_answer(tmp_path):
             assert onsets == ["one", "two", "three", "four"].index(answer) + 1
         else:
             assert measures[task](wave) == (answer == truth[task]), row
+
+
+def test_out_of_distribution_split_is_worded_and_sounds_otherwise(tmp_path):
+    """`ood`: a test split as MMAU is to AVQA (other question wording, other sound ranges); the
+    other splits stay byte for byte what they are without it."""
+    plain = make_dataset(tmp_path / "plain", n=80, seed=4, tasks=["pitch"])
+    paths = make_dataset(tmp_path / "ood", n=80, seed=4, tasks=["pitch"], ood=True)
+    assert paths["train"].read_text() == plain["train"].read_text()
+    assert paths["test-mmau"].read_text() == plain["test-mmau"].read_text()
+    shifted = rows(paths["test-ood"])
+    assert (
+        len(shifted) == len(rows(paths["test"])) and len(json.loads(paths["test-ood-mmau"].read_text())) == 10
+    )
+    assert {r["question_text"] for r in shifted} == {TASKS["pitch"].ood_question} != {TASKS["pitch"].question}
+    for row in shifted:
+        wave = load_audio(tmp_path / "ood" / row["audio_path"])
+        centroid, seconds = spectral_centroid(wave), len(wave) / SAMPLE_RATE
+        high = row["multi_choice"][row["answer"]] == "high"
+        assert (1000 < centroid < 1400) if high else (400 < centroid < 600), (
+            centroid
+        )  # trained: ~2000 / ~300 Hz
+        assert 2.0 <= seconds <= 3.0
