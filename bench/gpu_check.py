@@ -203,7 +203,8 @@ def learner_step(args, setup: Setup, device: torch.device, meter: Meter) -> dict
         "measured_gradients_gib": gib(state_bytes),
         "runs": [],
     }
-    planned = {n.item: n.nbytes for n in learner_needs(planner_config(args, setup.dtype, False), setup.shape)}
+    needs = learner_needs(planner_config(args, setup.dtype, False), setup.shape)
+    planned = {n.item.split(" (")[0]: n.nbytes for n in needs}  # "gradients (N M trainable params)"
     out["estimate_weights_gib"] = gib(planned["weights"])
     out["estimate_gradients_gib"] = gib(planned["gradients"])
 
