@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, fp32_llm
+from helpers import ROOT, fp32_llm, run_cli
 
-from cli.main import cli_command
 from cluster.network import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,7 +50,6 @@ def ray_head():
     (for `ray job submit`) and a Prometheus metrics endpoint. Stopped at the end of the session."""
     import shutil
     import signal
-    import subprocess
     import sys
     import tempfile
     import time
@@ -141,13 +139,8 @@ def service_env(ray_head, tmp_path_factory):
         "PYTHONUNBUFFERED": "1",
     }
     # Build the tiny model (with its warm start) and the data once, before any timed run.
-    built = subprocess.run(
-        cli_command("prepare", "--config", "tiny-cpu", "--set", "model.warm_start_steps=30"),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    built = run_cli(
+        "prepare", "--config", "tiny-cpu", "--set", "model.warm_start_steps=30", env=env, timeout=600
     )
     assert built.returncode == 0, built.stderr[-3000:]
     return env

@@ -172,9 +172,14 @@ def assert_same_greedy(hf: list[list[int]], vllm: list[list[int]]) -> None:
 # -- the command line -------------------------------------------------------------------------------
 
 
-def run_cli(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    """`audio-grpo ARGS` as a process, through the project's own command builder."""
-    return subprocess.run(cli_command(*args), input=stdin, capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    *args: str, stdin: str = "", timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`audio-grpo ARGS` as a process from the repository root, through the project's own command
+    builder (`env`: the whole environment, e.g. a Ray cluster's address and an asset cache)."""
+    return subprocess.run(
+        cli_command(*args), input=stdin, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
 
 
 # -- the HTTP server --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, actor_pids, prometheus_text, start_train, steps_logged, wait_for
+from helpers import FAST, actor_pids, prometheus_text, run_cli, start_train, steps_logged, wait_for
 
 from cli.main import cli_command, train_command
 from cluster.network import free_port
@@ -83,29 +83,11 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
     checkpoint = run_dir / "checkpoints" / "step-16"
     Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
     data = Path(service_env["AUDIO_GRPO_CACHE"]) / "tiny-cpu" / "data"
-    evaluated = subprocess.run(
-        cli_command(
-            "eval",
-            "--model",
-            str(checkpoint),
-            "--data",
-            str(data / "test-mmau.json"),
-            "--out",
-            str(tmp_path / "pred.json"),
-            "--max-items",
-            "16",
-            "--max-tokens",
-            "12",
-            "--dtype",
-            "float32",
-            "--json",
-        ),
-        cwd=ROOT,
-        env=service_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    evaluated = run_cli(
+        "eval", "--model", str(checkpoint), "--data", str(data / "test-mmau.json"),
+        "--out", str(tmp_path / "pred.json"), "--max-items", "16", "--max-tokens", "12",
+        "--dtype", "float32", "--json", env=service_env, timeout=600,
+    )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert scores["n"] == 16 and 0.0 <= scores["total"] <= 100.0
