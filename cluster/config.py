@@ -330,6 +330,11 @@ def validate(config: RunConfig) -> RunConfig:
             "placement bundle with rollout.gpus_per_worker GPUs, and vLLM's tensor-parallel workers "
             "would need their own; run more rollout workers with one GPU each instead (7B fits one GPU)"
         )
+    parallel = config.learner.parallel
+    if config.learner.lora.rank and parallel.zero_stage == 3:
+        raise ConfigError("learner.lora with learner.parallel.zero_stage 3 is not supported yet: use 0-2")
+    if parallel.reference_offload and parallel.zero_stage != 3:
+        raise ConfigError("learner.parallel.reference_offload needs learner.parallel.zero_stage: 3")
     return config
 
 

@@ -85,6 +85,8 @@ def test_an_old_config_file_names_every_moved_key(tmp_path):
         (["learner.num_ranks=3"], "multiple of learner.num_ranks"),
         (["rollout.engine.tensor_parallel_size=2"], "tensor_parallel_size > 1 is not supported yet"),
         (["train.overlap_rollout=true", "sampling.temperature=0.8"], "temperature 1"),
+        (["learner.lora.rank=8", "learner.parallel.zero_stage=3"], "lora with learner.parallel.zero_stage 3"),
+        (["learner.parallel.reference_offload=true"], "reference_offload needs"),
     ],
 )
 def test_inconsistent_settings_fail_at_load(overrides, message):
