@@ -38,6 +38,7 @@ def train_sft(config: RunConfig, run_dir: Path, resume: bool = False, progress: 
     from cluster.placement import placement_record
     from cluster.plan import check_fits
     from learner.sft import sft_batch
+    from rollout.sampling import end_token_ids
 
     plan = check_fits(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,8 +50,7 @@ def train_sft(config: RunConfig, run_dir: Path, resume: bool = False, progress: 
     start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
     model = str(expand_path(config.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    end = GenerationConfig.from_pretrained(model).eos_token_id
-    end_id = end[0] if isinstance(end, list) else end
+    end_id = end_token_ids(GenerationConfig.from_pretrained(model), tokenizer)[0]  # as generation ends
     draw = _question_source(train_set, config, position)
     metrics, held_out = MetricsSink(run_dir, config.name, start), logged_eval_scores(run_dir)
     bar = _progress_bar(config, start, progress)

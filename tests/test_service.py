@@ -149,8 +149,18 @@ def test_overlapped_rollouts_run_one_update_behind(service_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path):
+@pytest.mark.parametrize("kind", ["train", "sft"])
+def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path, kind):
+    """GRPO and the SFT baseline each go through `ray job submit` as users run them."""
     import re
+
+    run = tmp_path / "job-run"
+    job = {
+        "train": train_command(run, max_steps=2, extra=tuple(FAST)),
+        "sft": cli_command(
+            "sft", "--config", "tiny-cpu-sft", "--run-dir", str(run), "--max-steps", "2", *FAST
+        ),
+    }[kind]
 
     env = {k: v for k, v in service_env.items() if k != "RAY_ADDRESS"}
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "job"]
@@ -166,7 +176,7 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
         "deploy/runtime-env.yaml",
         "--",
         "python",
-        *train_command(tmp_path / "job-run", max_steps=2, extra=tuple(FAST))[1:],
+        *job[1:],  # less this interpreter: the job's own python runs it
     ]
     for _attempt in range(6):  # Ray answers "No available agent ... try again later" while its job
         submitted = subprocess.run(  # agent is busy registering: do as it says, a few times
@@ -190,7 +200,7 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
     ).stdout
     assert final == "SUCCEEDED", logs[-4000:]
     assert "run directory:" in logs
-    assert [r["step"] for r in steps_logged(tmp_path / "job-run")] == [1, 2]
+    assert [r["step"] for r in steps_logged(run)] == [1, 2]
 
 
 @pytest.mark.slow
