@@ -140,21 +140,67 @@ class _Run:
     train_set: list
     eval_set: list
     skipped_rows: int
+    placement: Any = None
     queue: RolloutQueue | None = None
     metrics: Any = None
     held_out: dict[int, float] = field(default_factory=dict)  # step -> held-out accuracy
 
-    def rewind(self, start: int, position: int) -> None:
-        """Continue after step `start` at data `position`: new rollout queue, metrics after `start`
-        dropped (they are redone, never double-counted), held-out scores re-read."""
+    def start_from(self, position: int) -> None:
+        """Draw from data `position` on (a new rollout queue) and read the held-out scores so far."""
         from cluster.metrics import logged_eval_scores
 
         draw = _question_source(self.train_set, self.config, position)
-        self.queue = RolloutQueue(
-            self.pool, draw, self.config.sampling, ahead=self.config.train.overlap_rollout
-        )
-        self.metrics.rewind(start)
+        ahead = self.config.train.overlap_rollout
+        self.queue = RolloutQueue(self.pool, draw, self.config.sampling, ahead=ahead)
         self.held_out = logged_eval_scores(self.run_dir)
+
+    def rewind(self, start: int, position: int) -> None:
+        """Continue after step `start` at data `position`: metrics after `start` dropped (they are
+        redone, never double-counted), then `start_from`."""
+        self.metrics.rewind(start)
+        self.start_from(position)
+
+    def evaluate_and_save(self, step: int, position: int, record: dict[str, Any]) -> Path | None:
+        """Held-out evaluation and a checkpoint when due (the accuracy goes into `record`);
+        returns the checkpoint written, if any."""
+        train_cfg, last = self.config.train, step == self.config.train.max_steps
+        if train_cfg.eval_every and _due(train_cfg.eval_every, step, last):  # 0: never
+            out = self.run_dir / "eval" / f"step-{step}.json"
+            scores = evaluate(self.pool, self.eval_set, self.config.sampling, out)
+            record["eval_accuracy"] = self.held_out[step] = scores["total"]
+        if not _due(train_cfg.save_every, step, last):
+            return None
+        saved = self.run_dir / "checkpoints" / f"step-{step}"
+        self.learner.save(str(saved), {"step": step, "data_position": position})
+        keep = train_cfg.keep_checkpoints
+        for gone in prune_checkpoints(self.run_dir / "checkpoints", keep, self.held_out):
+            log.info("removed %s (train.keep_checkpoints=%d, best held-out kept)", gone, keep)
+        return saved
+
+
+def start_run(
+    config: RunConfig, run_dir: Path, resume: bool, start_endpoint=None
+) -> tuple[_Run, int, Path | None]:
+    """What GRPO and SFT runs share before their first step: the memory check (a config that cannot
+    fit stops here, before anything starts), config.yaml and plan.txt, the data, the actors and
+    placement.json, the resume point and the metrics. Returns the run, its start step and the
+    checkpoint it resumed from."""
+    from cluster.metrics import MetricsSink
+    from cluster.placement import placement_record
+    from cluster.plan import check_fits
+
+    plan = check_fits(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    (run_dir / "plan.txt").write_text(plan.render() + "\n")
+    train_set, eval_set, skipped_rows = _load_data(config)
+    placement, learner, pool, rewards = _start_actors(config, start_endpoint)
+    (run_dir / "placement.json").write_text(json.dumps(placement_record(placement), indent=1))
+    start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
+    run = _Run(config, run_dir, learner, pool, rewards, train_set, eval_set, skipped_rows, placement)
+    run.metrics = MetricsSink(run_dir, config.name, start)  # drops what was logged after `start`
+    run.start_from(position)
+    return run, start, checkpoint
 
 
 def train(
@@ -165,21 +211,9 @@ def train(
     receives every weight update like a rollout worker (with `serve.enabled`). A learner rank that
     dies is rebuilt from the last checkpoint and the steps since are redone (`train.max_retries`)."""
     from cluster.learner_group import LearnerLost
-    from cluster.metrics import MetricsSink
-    from cluster.placement import placement_record
-    from cluster.plan import check_fits
 
-    plan = check_fits(config)  # before anything starts: a config that cannot fit stops here
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))
-    (run_dir / "plan.txt").write_text(plan.render() + "\n")
-    train_set, eval_set, skipped_rows = _load_data(config)
-    placement, learner, pool, rewards = _start_actors(config, start_endpoint)
-    (run_dir / "placement.json").write_text(json.dumps(placement_record(placement), indent=1))
-    start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
-    run = _Run(config, run_dir, learner, pool, rewards, train_set, eval_set, skipped_rows)
-    run.metrics = MetricsSink(run_dir, config.name, start)
-    run.rewind(start, position)
+    run, start, checkpoint = start_run(config, run_dir, resume, start_endpoint)
+    learner, pool = run.learner, run.pool
     bar = _progress_bar(config, start, progress)
     last_saved, step = checkpoint, start + 1
     while step <= config.train.max_steps:
@@ -199,7 +233,7 @@ def train(
         step += 1
     bar.close()
     run.metrics.close()
-    _finish(run_dir, last_saved, placement, learner, pool, rewards)
+    _finish(run_dir, last_saved, run.placement, learner, pool, run.rewards)
     return run_dir
 
 
@@ -235,17 +269,7 @@ def _step(run: _Run, step: int) -> tuple[dict[str, Any], Path | None]:
         "learner_restarts": run.learner.restarts,
         "data_position": rollouts.data_position,
     }
-    if train_cfg.eval_every and _due(train_cfg.eval_every, step, last):  # 0: never
-        scores_eval = evaluate(run.pool, run.eval_set, sampling, run.run_dir / "eval" / f"step-{step}.json")
-        record["eval_accuracy"] = run.held_out[step] = scores_eval["total"]
-    saved = None
-    if _due(train_cfg.save_every, step, last):
-        saved = run.run_dir / "checkpoints" / f"step-{step}"
-        run.learner.save(str(saved), {"step": step, "data_position": rollouts.data_position})
-        keep = train_cfg.keep_checkpoints
-        for gone in prune_checkpoints(run.run_dir / "checkpoints", keep, run.held_out):
-            log.info("removed %s (train.keep_checkpoints=%d, best held-out kept)", gone, keep)
-    return record, saved
+    return record, run.evaluate_and_save(step, rollouts.data_position, record)
 
 
 def _rebuild_learner(run_dir: Path, learner, pool) -> tuple[int, int, Path | None]:

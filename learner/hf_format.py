@@ -55,19 +55,23 @@ def write_weights(
     several; return the file names. Tensors are copied as they come, so a caller may release
     (ZeRO-3: re-partition) them once the next pair is asked for."""
     shard: dict[str, torch.Tensor] = {}
+    size = 0  # bytes in `shard`
     written: list[tuple[Path, list[str], int]] = []  # (file, its keys, its bytes)
 
     def flush() -> None:
+        nonlocal size
         path = out_dir / f"model-{len(written) + 1:05d}.safetensors.part"
         save_file(shard, str(path), metadata={"format": "pt"})
-        written.append((path, list(shard), sum(t.numel() * t.element_size() for t in shard.values())))
+        written.append((path, list(shard), size))
         shard.clear()
+        size = 0
 
     for name, tensor in weights:
         nbytes = tensor.numel() * tensor.element_size()
-        if shard and sum(t.numel() * t.element_size() for t in shard.values()) + nbytes > shard_bytes:
+        if shard and size + nbytes > shard_bytes:
             flush()
         shard[name] = tensor.detach().to("cpu", copy=True).contiguous()
+        size += nbytes
     if shard or not written:
         flush()
     n = len(written)
