@@ -48,10 +48,12 @@ def ensure_model(
     train_data: Path,
     audio_root: str | None,
     seed: int,
+    thinking: bool = False,
     log: Log = print,
 ) -> None:
     """Build a `size` Qwen2-Audio at `target` (random weights, then `warm_start_steps` of format
-    warm start on `train_data`) unless a model is there already. `size` "" means: never build."""
+    warm start on `train_data`, in the thinking format with `thinking`) unless a model is there
+    already. `size` "" means: never build."""
     from assets.tiny_model import make_tiny
     from assets.warm_start import format_warm_start
     from rollout.audio import load_audio
@@ -73,9 +75,12 @@ def ensure_model(
             return
         questions, _ = load_questions(train_data, audio_root)
         waves = {q.id: load_audio(q.audio_path) for q in questions}
-        log(f"format warm start: {warm_start_steps} steps (teaches <answer>..</answer>, not the answer)")
+        form = "<think>..</think> <answer>..</answer>" if thinking else "<answer>..</answer>"
+        log(f"format warm start: {warm_start_steps} steps (teaches {form}, not the answer)")
         staging = target.parent / (target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        format_warm_start(random_init, questions, waves, staging, steps=warm_start_steps, seed=seed)
+        format_warm_start(
+            random_init, questions, waves, staging, steps=warm_start_steps, seed=seed, thinking=thinking
+        )
         staging.rename(target)
         shutil.rmtree(random_init, ignore_errors=True)

@@ -27,8 +27,8 @@ from transformers import (
 )
 
 from assets.synthetic import TASKS
+from assets.warm_start import warm_start_target
 from learner.hf_format import save_hf_folder
-from reward.rewards import answer_tag
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import prompt_text
 
@@ -107,10 +107,7 @@ def tokenizer_corpus() -> list[str]:
         for thinking in (False, True):
             corpus.append(prompt_text(task.question, choices, thinking=thinking))
         for choice in choices:
-            corpus += [
-                answer_tag(choice),
-                f"<think>The audio sounds {choice}.</think> {answer_tag(choice)}",
-            ]
+            corpus += [warm_start_target(choice, thinking=False), warm_start_target(choice, thinking=True)]
     return corpus * 20  # repetition lets the frequent prompt words merge into single tokens
 
 

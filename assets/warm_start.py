@@ -3,7 +3,9 @@
 A randomly initialised model never emits the answer format, so GRPO's rewards would all be zero and
 its advantages empty. Targets name a *random* choice, so the model learns the format and the
 choice vocabulary while its accuracy stays at chance: whatever it later learns about the audio,
-GRPO taught it. The end token is part of the target, or it would never be sampled.
+GRPO taught it. The end token is part of the target, or it would never be sampled. With `thinking`
+the prompt asks for thinking and the target is `<think>The audio sounds X.</think> <answer>X</answer>`
+(X random): the model learns to decide in its think block, and GRPO to decide well.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ import torch
 
 from learner.hf_format import save_hf_folder
 from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
-from reward.rewards import answer_tag
+from reward.rewards import rewarded_response
 from rollout.question import AudioQuestion
 from rollout.sampling import end_token_ids
+
+THINKING_REASONING = "The audio sounds {}."  # the warm start's think block (in the tokenizer's corpus)
+
+
+def warm_start_target(choice: str, thinking: bool) -> str:
+    return rewarded_response(choice, thinking=thinking, reasoning=THINKING_REASONING.format(choice))
 
 
 def format_warm_start(
@@ -32,9 +40,11 @@ def format_warm_start(
     batch_size: int = 16,
     lr: float = 2e-3,
     seed: int = 0,
+    thinking: bool = False,
     progress: Callable[[int, float], None] | None = None,
 ) -> Path:
-    """Train on random-choice answer targets and write the result as an HF folder."""
+    """Train on random-choice answer targets (the thinking format's with `thinking`) and write the
+    result as an HF folder."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     rng = random.Random(seed)
@@ -48,9 +58,15 @@ def format_warm_start(
     for step in range(steps):
         picked = rng.sample(questions, min(batch_size, len(questions)))
         encoded = encode_questions(
-            processor, [(q.question, q.choices) for q in picked], [waveforms[q.id] for q in picked]
+            processor,
+            [(q.question, q.choices) for q in picked],
+            [waveforms[q.id] for q in picked],
+            thinking=thinking,
         )
-        targets = [tokenizer(answer_tag(rng.choice(q.choices)) + "<|im_end|>").input_ids for q in picked]
+        targets = [
+            tokenizer(warm_start_target(rng.choice(q.choices), thinking) + "<|im_end|>").input_ids
+            for q in picked
+        ]
         rows = build_rows(encoded.prompt_ids, targets, list(range(len(picked))), tokenizer.pad_token_id, ends)
         audio = audio_embeddings(model, encoded.input_features, encoded.feature_attention_mask)
         logp = completion_logprobs(model, rows, audio)

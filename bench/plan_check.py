@@ -35,7 +35,7 @@ def measure(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
     from cluster.network import free_port
     from learner.config import LearnerConfig, LoraSettings, ParallelConfig
     from learner.learner import Learner, LearnerBatch
-    from learner.lora import published_weights
+    from learner.lora import engine_weights
     from rollout.sampling import SamplingConfig
 
     config = LearnerConfig(
@@ -69,8 +69,7 @@ def measure(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
     )
     reference = tensors(learner.reference) if learner.reference is not None else 0
     sent = sum(
-        w.params[0].element_size() * int(torch.Size(w.shape).numel())
-        for w in published_weights(learner.model)
+        w.params[0].element_size() * int(torch.Size(w.shape).numel()) for w in engine_weights(learner.model)
     )
     return {"state": tensors(learner.model) + adam + reference, "step_peak": after - before, "sent": sent}
 

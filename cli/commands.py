@@ -155,6 +155,7 @@ def prepare_assets(config) -> None:
         train_data=train_path,
         audio_root=data.audio_root or None,
         seed=sub_seed(seed, "model-build"),
+        thinking=config.prompt.thinking,
         log=log.info,
     )
 

@@ -31,7 +31,7 @@ def train_sft(config: RunConfig, run_dir: Path, resume: bool = False, progress: 
     for step in range(start + 1, config.train.max_steps + 1):
         phases = Phases()
         questions, position = draw()
-        batch = sft_batch(questions, tokenizer, end_id)
+        batch = sft_batch(questions, tokenizer, end_id, thinking=config.prompt.thinking)
         phases.mark("batch_s")
         update = run.learner.sft_step(batch)
         phases.mark("learner_s")

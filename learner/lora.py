@@ -4,8 +4,9 @@
 path that reads `model.model.language_model` still works) and leaves only them trainable. The
 reference is the same model with its adapters switched off (`adapters_disabled`): no second copy.
 `published_weights` is every weight under its published checkpoint name, a LoRA-wrapped linear
-layer merged (`W + B A * scaling`): what checkpoints store and rollout engines receive (vLLM's
-Qwen2-Audio has no LoRA support, so engines always get whole, merged weights).
+layer merged (`W + B A * scaling`): what checkpoints store. `engine_weights` is what a weight update
+sends the rollout engines: vLLM's Qwen2-Audio has no LoRA support, so they get merged weights, but
+only of the layers LoRA touches (the rest is the frozen base they already hold).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class PublishedWeight:
     shape: tuple[int, ...]
     params: list[torch.nn.Parameter]
     value: Callable[[], torch.Tensor]
+    module: str  # the in-memory module that owns it (a LoRA wrapper's name for its base layer)
 
 
 def _merged(layer, base: torch.nn.Parameter) -> Callable[[], torch.Tensor]:
@@ -92,20 +94,35 @@ def published_weights(model: torch.nn.Module) -> list[PublishedWeight]:
         if ".lora_" in name:
             continue
         shape = tuple(getattr(param, "ds_shape", param.shape))
-        owner = name.rsplit(".base_layer.", 1)[0] if ".base_layer." in name else None
-        if owner in layers and name.endswith(".weight"):
-            layer = layers[owner]
+        plain = name.replace(".base_layer.", ".")
+        module = plain.rsplit(".", 1)[0]
+        if module in layers and name.endswith(".base_layer.weight"):
+            layer = layers[module]
             (adapter,) = layer.active_adapters
             params = [param, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
-            out.append(
-                PublishedWeight(
-                    published_name(name.replace(".base_layer.", ".")), shape, params, _merged(layer, param)
-                )
-            )
+            out.append(PublishedWeight(published_name(plain), shape, params, _merged(layer, param), module))
         else:
-            out.append(
-                PublishedWeight(
-                    published_name(name.replace(".base_layer.", ".")), shape, [param], param.detach
-                )
-            )
+            out.append(PublishedWeight(published_name(plain), shape, [param], param.detach, module))
     return out
+
+
+# vLLM loads these sibling projections into one fused layer (Qwen2's `packed_modules_mapping`), and
+# its layer-wise reload leaves a fused layer that got only some of its parts uninitialised.
+FUSED_IN_VLLM = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _with_fused_siblings(module: str) -> set[str]:
+    parent, _, leaf = module.rpartition(".")
+    for group in FUSED_IN_VLLM:
+        if leaf in group:
+            return {f"{parent}.{sibling}" for sibling in group}
+    return {module}
+
+
+def engine_weights(model: torch.nn.Module) -> list[PublishedWeight]:
+    """What a weight update sends the rollout engines: every weight; with LoRA, only the layers it
+    touches (merged) and their fused siblings. The rest is the frozen base, which every engine
+    already holds: it starts from the base model or a checkpoint of this run (same base)."""
+    weights = published_weights(model)
+    touched = set().union(*(_with_fused_siblings(name) for name in lora_layers(model)))
+    return [w for w in weights if w.module in touched] if touched else weights

@@ -1,5 +1,6 @@
 """Supervised fine-tuning, the baseline R1-AQA sets GRPO against: the same data, prompt, audio
-loader and model, trained to write the right choice in the rewarded format.
+loader and model, trained to write the right choice in the rewarded format (the thinking variant's
+with `prompt.thinking`).
 
 `sft_batch` makes a `LearnerBatch` with one completion per question, the target's tokens (plus the
 end token), and `sft_step` takes one update on it with the learner's own DeepSpeed engine and
@@ -16,14 +17,18 @@ import numpy as np
 import torch
 
 from learner.learner import Learner, LearnerBatch
-from reward.rewards import answer_tag
+from reward.rewards import rewarded_response
 from rollout.audio import load_audio
 from rollout.question import AudioQuestion
 
 
-def sft_target(question: AudioQuestion) -> str:
-    """What the policy is taught to write: `<answer>right choice</answer>`."""
-    return answer_tag(question.answer)
+def sft_target(question: AudioQuestion, thinking: bool = False) -> str:
+    """What the policy is taught to write: `<answer>right choice</answer>`; with `thinking`,
+    `<think>reasoning</think> <answer>right choice</answer>`, the reasoning being the item's
+    `reasoning` field. AVQA has none: its think block is then empty (the format, not reasoning)."""
+    return rewarded_response(
+        question.answer, thinking=thinking, reasoning=str(question.meta.get("reasoning", ""))
+    )
 
 
 def sft_batch(
@@ -31,9 +36,12 @@ def sft_batch(
     tokenizer,
     end_id: int,
     audio: Callable[[AudioQuestion], np.ndarray] = lambda q: load_audio(q.audio_path),
+    thinking: bool = False,
 ) -> LearnerBatch:
     """One completion per question: the target's token ids and the end token."""
-    targets = [tokenizer(sft_target(q), add_special_tokens=False).input_ids + [end_id] for q in questions]
+    targets = [
+        tokenizer(sft_target(q, thinking), add_special_tokens=False).input_ids + [end_id] for q in questions
+    ]
     return LearnerBatch(
         [(q.question, q.choices) for q in questions],
         [audio(q) for q in questions],

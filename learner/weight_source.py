@@ -1,12 +1,13 @@
 """The learner's side of the weight transfer, through vLLM's trainer engines.
 
 `PolicySource` is the policy as a vLLM `WeightSource`: parameters in the published checkpoint
-names (what vLLM loads), cast to the rollout engines' dtype, streamed in groups of about
-`bucket_bytes`; under ZeRO-3 each group is gathered, sent and released before the next, so no rank
-ever holds the whole model twice. `WeightSender` drives vLLM's trainer engine for the backend
-(vLLM's NCCL engine on GPU, our gloo engine on CPU, both registered in vLLM's factory) on every
-learner rank and turns its outcome into a report the driver acts on: which receivers failed, or a
-transport that cannot work (a clear error before any weight is touched).
+names (what vLLM loads; with LoRA only the layers it touches, merged), cast to the rollout
+engines' dtype, streamed in groups of about `bucket_bytes`; under ZeRO-3 each group is gathered,
+sent and released before the next, so no rank ever holds the whole model twice. `WeightSender`
+drives vLLM's trainer engine for the backend (vLLM's NCCL engine on GPU, our gloo engine on CPU,
+both registered in vLLM's factory) on every learner rank and turns its outcome into a report the
+driver acts on: which receivers failed, or a transport that cannot work (a clear error before any
+weight is touched).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ class PolicySource(WeightSource):
     """The learner's weights, one parameter group (about `group_bytes` on the wire) at a time."""
 
     def __init__(self, learner, wire_dtype: torch.dtype, group_bytes: int):
-        from learner.lora import published_weights
+        from learner.lora import engine_weights
 
         self.learner, self.stats = learner, BufferStats()
-        weights = published_weights(learner.model)  # tied once; LoRA adapters merged
+        weights = engine_weights(learner.model)  # tied once; with LoRA the touched layers, merged
         self._meta = [
             ParamMeta(w.name, wire_dtype if w.params[0].is_floating_point() else w.params[0].dtype, w.shape)
             for w in weights

@@ -33,6 +33,12 @@ def answer_tag(choice: str) -> str:
     return f"<answer>{choice}</answer>"
 
 
+def rewarded_response(choice: str, *, thinking: bool = False, reasoning: str = "") -> str:
+    """A response that earns the format reward (of the thinking variant with `thinking`) and names
+    `choice`: what SFT targets and the warm start teach."""
+    return f"<think>{reasoning}</think> {answer_tag(choice)}" if thinking else answer_tag(choice)
+
+
 def extract_answer(response: str) -> str:
     """The answer a response gives: the first one-line `<answer>` span, else the whole text, stripped."""
     match = _ANSWER_SPAN.search(response)

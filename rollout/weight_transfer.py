@@ -21,6 +21,7 @@ sender whose transport is disabled.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from dataclasses import dataclass
@@ -46,8 +47,21 @@ def set_fault(kind: str | None, after_chunks: int = 0) -> None:
     FAULT.update(kind=kind, after_chunks=after_chunks)
 
 
+class _KeptLayersFilter(logging.Filter):
+    """A LoRA run's updates carry only the layers LoRA touches; vLLM's layer-wise reload then warns
+    "Failed to load weights" for every other layer (hundreds per update on a 7B model) while it
+    keeps their weights, which is what the update means. Dropped; a transfer that misses a weight
+    it should carry is caught by the tests that compare engine output with the learner's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to load weights" not in str(record.msg)
+
+
 def register() -> None:
     """vLLM general-plugin entry point: add the gloo engines to vLLM's registries (idempotent)."""
+    reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _KeptLayersFilter) for f in reload_log.filters):
+        reload_log.addFilter(_KeptLayersFilter())
     from vllm.distributed.weight_transfer.factory import (
         WeightTransferEngineFactory,
         WeightTransferTrainerFactory,

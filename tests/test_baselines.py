@@ -15,6 +15,26 @@ from cli.main import cli_command, train_command
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_sft_and_warm_start_targets_earn_the_reward_of_the_format_they_teach():
+    """SFT's target (the thinking variant's with prompt.thinking: the item's `reasoning` in the think
+    block, empty where the data has none, as AVQA) and the tiny model's warm-start target."""
+    from dataclasses import replace
+
+    from assets.warm_start import warm_start_target
+    from learner.sft import sft_target
+    from reward.rewards import accuracy_reward, format_reward
+    from rollout.question import AudioQuestion
+
+    q = AudioQuestion("1", "a.wav", "High or low?", ["high", "low"], "high", {"reasoning": "2 kHz."})
+    assert sft_target(q) == "<answer>high</answer>"
+    assert sft_target(q, thinking=True) == "<think>2 kHz.</think> <answer>high</answer>"
+    assert sft_target(replace(q, meta={}), thinking=True) == "<think></think> <answer>high</answer>"
+    for thinking in (False, True):
+        for target in (sft_target(q, thinking), warm_start_target("high", thinking)):
+            assert format_reward(target, thinking) == 1.0 and accuracy_reward(target, "high") == 1.0
+            assert format_reward(target, not thinking) == 0.0  # each format is its own
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny-cpu-sft", "tiny-cpu-sft-lora"])
 def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_path, preset):

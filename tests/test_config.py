@@ -7,10 +7,18 @@ import dataclasses
 import pytest
 import yaml
 
-from cluster.config import ConfigError, config_from_dict, dump_config, learner_config, load_config, sub_seed
+from cluster.config import (
+    PRESETS,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    learner_config,
+    load_config,
+    sub_seed,
+)
 
 
-@pytest.mark.parametrize("preset", ["tiny-cpu", "r1-aqa"])
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS.glob("*.yaml")))
 def test_presets_load_and_round_trip_through_config_yaml(preset):
     config = load_config(preset)
     assert config_from_dict(yaml.safe_load(dump_config(config))) == config

@@ -155,3 +155,55 @@ def test_policy_source_streams_whole_tensors_group_by_group_under_zero3(tiny_mod
     largest = max(t.numel() * 4 for t in whole.values())
     model_bytes = sum(t.numel() * 4 for t in whole.values())
     assert 0 < source.stats.peak <= group_bytes + largest < model_bytes / 4
+
+
+@pytest.mark.slow
+def test_lora_updates_carry_only_the_layers_lora_touches(tiny_model_dir, ray_cluster, clip_questions):
+    """Adapters on q and v: an update sends the merged q, k (their fused sibling in vLLM) and v of
+    each layer, nothing else; the engine keeps the base elsewhere and generates what the learner does."""
+    ray = ray_cluster
+    from cluster.actors import RolloutActor
+    from cluster.sync_client import ReceiverClient
+    from learner.config import LoraSettings
+    from learner.lora import published_weights
+    from learner.weight_source import PolicySource
+    from rollout.audio import load_audio
+    from rollout.vllm_engine import EngineConfig
+    from rollout.weight_transfer import nbytes
+
+    sampling = SamplingConfig(max_tokens=16)
+    worker = RolloutActor.remote(str(tiny_model_dir), EngineConfig(dtype="float32"), weight_transfer="gloo")
+    before = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
+
+    lora = LoraSettings(rank=8, alpha=16.0, target_modules="q_proj,v_proj")
+    learner = make_learner(tiny_model_dir, lr=5e-2, beta=0.0, lora=lora)
+    batch = pitch_batch(learner.processor.tokenizer)
+    for _ in range(3):
+        learner.train_step(batch)
+    import torch
+
+    sent = PolicySource(learner, torch.float32, 1 << 20).metadata()
+    kinds = {m.name.split(".")[-2] for m in sent}
+    assert kinds == {"q_proj", "k_proj", "v_proj"}
+    assert all(m.name.startswith("language_model.model.layers.") for m in sent)
+    everything = sum(int(torch.Size(w.shape).numel()) * 4 for w in published_weights(learner.model))
+
+    init = {
+        "master_address": "127.0.0.1",
+        "master_port": free_port(),
+        "world_size": 2,
+        "bucket_bytes": 64 * 1024,
+        "timeout_s": 60.0,
+    }
+    learner.init_weight_transfer("gloo", init, ReceiverClient([worker], [1], 60.0), "float32")
+    outcome = learner.send_weights(1)
+    assert outcome["ok"], outcome
+    assert outcome["bytes"] == sum(nbytes(m.shape, m.dtype) for m in sent) < everything / 4
+
+    waves = [load_audio(q.audio_path) for q in clip_questions]
+    texts = [(q.question, q.choices) for q in clip_questions]
+    groups = hf_generate(learner.model, learner.processor, texts, waves, sampling, greedy=True)
+    after = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
+    assert _greedy_ids(after) == [g[0] for g in groups]
+    assert _greedy_ids(after) != _greedy_ids(before)  # the adapters changed what it says
+    ray.kill(worker)
