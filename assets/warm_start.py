@@ -45,12 +45,14 @@ def format_warm_start(
 ) -> Path:
     """Train on random-choice answer targets (the thinking format's with `thinking`) and write the
     result as an HF folder."""
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoProcessor
+
+    from families import adapter_for
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model = adapter_for(str(model_dir)).load(str(model_dir), torch.float32)
     model.train()
     tokenizer = processor.tokenizer
     ends = end_token_ids(model.generation_config, tokenizer)
@@ -68,7 +70,7 @@ def format_warm_start(
             for q in picked
         ]
         rows = build_rows(encoded.prompt_ids, targets, list(range(len(picked))), tokenizer.pad_token_id, ends)
-        audio = audio_embeddings(model, encoded.input_features, encoded.feature_attention_mask)
+        audio = audio_embeddings(model, *encoded.audio(list(range(len(picked)))))
         logp = completion_logprobs(model, rows, audio)
         mask = rows.completion_mask.float()
         loss = -(logp * mask).sum() / mask.sum()

@@ -96,7 +96,7 @@ class PolicyEngine:
             AsyncEngineArgs(**engine_args(str(start), engine, disable_log_stats=True, **extra))
         )
         self.processor = AutoProcessor.from_pretrained(start)
-        self.forbidden = forbidden_token_ids(self.processor.tokenizer)
+        self.forbidden = forbidden_token_ids(self.processor)
         step = _step_of(start)
         self.info = PolicyInfo(
             str(start), step, step, str(start), time.time(), str(self.run_dir) if self.run_dir else None

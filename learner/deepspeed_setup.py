@@ -105,8 +105,7 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 def build_reference(config: LearnerConfig, model_path: str, dtype, device):
     """The frozen reference scorer: under ZeRO-3 its own inference engine, sharded over the ranks
     (optionally offloaded); otherwise a whole copy on this rank's device."""
-    from transformers import Qwen2AudioForConditionalGeneration
-
+    from families import adapter_for
     from learner.policy import CompletionScorer
 
     parallel = config.parallel
@@ -114,7 +113,7 @@ def build_reference(config: LearnerConfig, model_path: str, dtype, device):
         raise ValueError("learner.parallel.reference_offload needs learner.parallel.zero_stage: 3")
     ds_config = reference_deepspeed_config(config)
     with zero3_loading(ds_config) if parallel.zero_stage == 3 else contextlib.nullcontext():
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+        model = adapter_for(model_path).load(model_path, dtype)
     model.eval().requires_grad_(False)
     scorer = CompletionScorer(model, config.sampling.temperature, parallel.share_prompt)
     if parallel.zero_stage != 3:

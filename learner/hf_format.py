@@ -1,11 +1,9 @@
-"""Write a Qwen2-Audio model as a Hugging Face folder in the published checkpoints' key layout.
+"""Write a model as a Hugging Face folder in its family's published checkpoint key layout.
 
-transformers 5.19 keeps the model in memory as `model.audio_tower.*`, `model.multi_modal_projector.*`,
-`model.language_model.*` and `lm_head.*`, and its `save_pretrained` writes the language model's keys
-wrongly as `language_model.model.model.*`. The published checkpoints (Qwen/Qwen2-Audio-7B-Instruct,
-mispeech/r1-aqa) use `audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*` and
-`language_model.lm_head.*`, which both transformers and vLLM load. We write that layout ourselves,
-one name mapping (`published_name`) shared with the weight broadcast to vLLM.
+transformers' `save_pretrained` does not always write what published checkpoints (and vLLM) use
+(Qwen2-Audio: `language_model.model.model.*` instead of `language_model.model.*`), so we write the
+layout ourselves: each family's adapter maps in-memory names to published ones (`published_name`),
+the one mapping shared with the weight transfer to vLLM.
 """
 
 from __future__ import annotations
@@ -19,32 +17,24 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-_PREFIXES = [  # in-memory prefix -> published prefix, first match wins
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-    ("model.audio_tower.", "audio_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-]
+from families import adapter_for
 
 SHARD_BYTES = 4 * 1024**3
 
 
-def published_name(name: str) -> str:
-    """Map an in-memory parameter name to the published checkpoint key."""
-    for memory_prefix, published_prefix in _PREFIXES:
-        if name.startswith(memory_prefix):
-            return published_prefix + name[len(memory_prefix) :]
-    return name
+def published_name(name: str, model: Any) -> str:
+    """Map an in-memory parameter name of `model` to its published checkpoint key."""
+    return adapter_for(model).published_name(name)
 
 
 def published_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(published name, tensor) for every weight of the model, shared tensors once."""
-    seen: set[int] = set()
+    adapter, seen = adapter_for(model), set()
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen and tensor.numel() > 0:
             continue  # tied weights: the published layout stores them once
         seen.add(tensor.data_ptr())
-        yield published_name(name), tensor
+        yield adapter.published_name(name), tensor
 
 
 def write_weights(
@@ -102,8 +92,7 @@ def save_hf_folder(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_weights(published_state(model) if weights is None else weights, out)
-    model.config.architectures = [type(model).__name__]  # vLLM picks its model class from this
-    model.config.save_pretrained(out)
+    adapter_for(model).saved_config(model).save_pretrained(out)  # its architectures pick vLLM's class
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     if processor is not None:

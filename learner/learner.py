@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from families import adapter_for
 from learner.config import LearnerConfig
 from learner.deepspeed_setup import (
     build_reference,
@@ -73,7 +74,7 @@ class Learner:
         master_port: int = 29500,
     ):
         import deepspeed
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+        from transformers import AutoProcessor
 
         self.config, self.rank, self.world_size = config, rank, world_size
         self.model_path = str(model_path)
@@ -96,7 +97,7 @@ class Learner:
         # partition only); under ZeRO-3 each rank materialises only its partition.
         dtype, ds_config = getattr(torch, parallel.dtype), deepspeed_config(config)
         with zero3_loading(ds_config):
-            policy = Qwen2AudioForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype)
+            policy = adapter_for(self.model_path).load(self.model_path, dtype)
         if config.lora.rank:
             from learner.lora import add_lora
 
@@ -121,10 +122,10 @@ class Learner:
             model=scorer, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         if parallel.zero_stage == 3:
-            # The audio encoder reads embed_positions.weight directly rather than through a forward
-            # call, so ZeRO-3 would never gather it; register it with the encoder that uses it.
-            tower = self.model.model.audio_tower
-            deepspeed.zero.register_external_parameter(tower, tower.embed_positions.weight)
+            # Weights read outside their module's forward: ZeRO-3 gathers them for the module that
+            # uses them once registered there.
+            for module, param in adapter_for(self.model).zero3_external_parameters(self.model):
+                deepspeed.zero.register_external_parameter(module, param)
         # With LoRA the reference is the policy with its adapters off: no second model.
         self.reference = (
             build_reference(config, self.model_path, dtype, self.device)
@@ -229,7 +230,7 @@ class Learner:
     @staticmethod
     def _logprobs(scorer, rows, encoded, questions: list[int]) -> torch.Tensor:
         """Through the scorer's (the DeepSpeed engine's) forward: one root forward per micro-batch."""
-        return scorer(rows, encoded.input_features[questions], encoded.feature_attention_mask[questions])
+        return scorer(rows, *encoded.audio(questions))
 
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One GRPO update (or `updates_per_batch` of them) on this rank's share of the batch."""

@@ -17,14 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from families import adapter_for
 from learner.config import LoraSettings
-from learner.hf_format import published_name
-
-LANGUAGE_MODEL = r".*language_model\.layers\.\d+\.(self_attn|mlp)\.({})"
-AUDIO = (
-    r".*audio_tower\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
-    r"|.*multi_modal_projector\.linear"
-)
 
 
 def add_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
@@ -32,12 +26,12 @@ def add_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
     `settings.audio`); everything else frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = LANGUAGE_MODEL.format("|".join(m.strip() for m in settings.target_modules.split(",")))
+    targets = [m.strip() for m in settings.target_modules.split(",")]
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=f"{targets}|{AUDIO}" if settings.audio else targets,
+        target_modules=adapter_for(model).lora_pattern(targets, settings.audio),
     )
     model = inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
@@ -88,7 +82,7 @@ def _merged(layer, base: torch.nn.Parameter) -> Callable[[], torch.Tensor]:
 
 def published_weights(model: torch.nn.Module) -> list[PublishedWeight]:
     """Every weight under its published name; adapters merged into the layers they wrap."""
-    layers = lora_layers(model)
+    layers, published_name = lora_layers(model), adapter_for(model).published_name
     out = []
     for name, param in model.named_parameters():  # tied weights once
         if ".lora_" in name:

@@ -1,10 +1,13 @@
-"""Token log-probabilities of completions under a Qwen2-Audio model, the audio encoded once per clip.
+"""Token log-probabilities of completions under an audio language model, the audio encoded once per
+clip.
 
 Qwen2-Audio pads every clip to 30 s (3000 mel frames), so each encoder pass costs the same whatever
 the clip's length. R1-AQA's trainer runs the encoder once per completion (8x per clip); here each
 question's audio is encoded once and its features are scattered into all of its completions' rows,
-for the policy and the reference alike. The computation otherwise follows transformers'
-`Qwen2AudioModel.forward` (same masks, same merge), so the numbers equal a plain forward.
+for the policy and the reference alike. The computation otherwise follows transformers' forward
+(same masks, same merge), so the numbers equal a plain forward. What differs between model
+families (where the decoder sits, how audio becomes embeddings) is the family's adapter's
+(`families/`).
 
 Row layout: [left padding | prompt (audio tokens expanded) | completion | right padding].
 """
@@ -15,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers.masking_utils import create_bidirectional_mask
 
+from families import adapter_for
 from learner.grpo import completion_mask, token_logprobs
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
@@ -25,59 +27,59 @@ from rollout.prompt import render_prompt
 
 @dataclass
 class EncodedQuestions:
-    """Processor outputs for a set of questions: prompt ids (audio expanded) and mel features."""
+    """Processor outputs for a set of questions: prompt ids (audio expanded) and mel features, one
+    row per encoder window (`windows[q]` rows for question q: one unless the family splits long
+    clips)."""
 
     prompt_ids: list[list[int]]
-    input_features: torch.Tensor  # [B, 128, 3000]
-    feature_attention_mask: torch.Tensor  # [B, 3000]
+    input_features: torch.Tensor  # [windows, mels, frames]
+    feature_attention_mask: torch.Tensor  # [windows, frames]
+    windows: list[int]
+
+    def audio(self, questions: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The feature rows, mask rows and window counts of `questions`, in their order."""
+        starts = np.cumsum([0, *self.windows])
+        rows = [r for q in questions for r in range(starts[q], starts[q] + self.windows[q])]
+        return (
+            self.input_features[rows],
+            self.feature_attention_mask[rows],
+            [self.windows[q] for q in questions],
+        )
 
 
 def encode_questions(
     processor, questions: list[tuple[str, list[str]]], waveforms: list[np.ndarray], thinking: bool = False
 ) -> EncodedQuestions:
-    """Render each prompt through the chat template and run the processor (which expands <|AUDIO|>)."""
-    prompt_ids, features, feature_masks = [], [], []
-    for (question, choices), wave in zip(questions, waveforms, strict=True):
-        text = render_prompt(processor, question, choices, thinking=thinking)
-        out = processor(text=text, audio=wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        prompt_ids.append(out.input_ids[0].tolist())
-        features.append(out.input_features)
-        feature_masks.append(out.feature_attention_mask)
-    return EncodedQuestions(prompt_ids, torch.cat(features), torch.cat(feature_masks))
+    """Render each prompt through the chat template and run the processor (which expands the audio
+    placeholder), the family's way."""
+    adapter = adapter_for(processor)
+    clips = [
+        adapter.encode(
+            processor, render_prompt(processor, question, choices, thinking=thinking), wave, SAMPLE_RATE
+        )
+        for (question, choices), wave in zip(questions, waveforms, strict=True)
+    ]
+    return EncodedQuestions(
+        [c.prompt_ids for c in clips],
+        torch.cat([c.features for c in clips]),
+        torch.cat([c.feature_mask for c in clips]),
+        [len(c.features) for c in clips],
+    )
 
 
 def audio_embeddings(
-    model, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
+    model,
+    input_features: torch.Tensor,
+    feature_attention_mask: torch.Tensor,
+    windows: list[int] | None = None,
 ) -> list[torch.Tensor]:
-    """Projected audio features per clip, cropped to each clip's length ([n_i, hidden] each).
-
-    Runs the encoder's own modules as `Qwen2AudioEncoder.forward` does, on the mel frames up to the
-    longest clip in the batch plus a margin instead of all 3000: positions past a clip's end are
-    masked out of attention and cropped away, and each kept position's convolutions read the same
-    frames, so the numbers are the full-length ones (to float rounding) at a fraction of the cost
-    for short clips (a 2 s clip: ~1/12 of the frames).
-    """
-    core = model.model
-    tower = core.audio_tower
-    input_features = input_features.to(tower.device, dtype=tower.conv1.weight.dtype)
-    mel_lengths = feature_attention_mask.sum(-1).to(tower.device)
-    feat_lengths, output_lengths = tower._get_feat_extract_output_lengths(mel_lengths)
-    # + 8 frames: the convolutions at the last kept position still see real (padding) frames.
-    frames = min(input_features.shape[-1], -(-(int(mel_lengths.max()) + 8) // 4) * 4)
-    hidden = F.gelu(tower.conv1(input_features[..., :frames]))
-    hidden = F.gelu(tower.conv2(hidden)).permute(0, 2, 1)
-    batch, positions = hidden.shape[:2]
-    hidden = hidden + tower.embed_positions(torch.arange(positions, device=hidden.device))
-    hidden = F.dropout(hidden, p=tower.dropout, training=tower.training)
-    keep = (torch.arange(positions, device=hidden.device)[None] < feat_lengths[:, None]).long()
-    attention = create_bidirectional_mask(config=tower.config, inputs_embeds=hidden, attention_mask=keep)
-    for layer in tower.layers:
-        if tower.training and torch.rand([]) < tower.layerdrop:  # LayerDrop, as the encoder does
-            continue
-        hidden = layer(hidden, attention)
-    hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
-    projected = core.multi_modal_projector(tower.layer_norm(hidden))
-    return [projected[i, : int(output_lengths[i])] for i in range(batch)]
+    """Projected audio embeddings per clip ([n_i, hidden] each), a clip's windows joined in order
+    (`windows`: rows per clip; None: one each). The family's encoder path (see its adapter)."""
+    rows = adapter_for(model).audio_embeddings(model, input_features, feature_attention_mask)
+    if windows is None:
+        return rows
+    starts = np.cumsum([0, *windows])
+    return [torch.cat(rows[starts[i] : starts[i + 1]]) for i in range(len(windows))]
 
 
 @dataclass
@@ -119,10 +121,10 @@ def build_rows(
 
 def _merge_audio(model, ids: torch.Tensor, prompt_length: int, features: torch.Tensor) -> torch.Tensor:
     """Token embeddings of `ids` with the audio features scattered into the prompts' audio slots."""
-    embeds = model.model.get_input_embeddings()(ids)
-    # Audio slots only inside the prompt: a sampled <|AUDIO|> in a completion stays a plain token
+    embeds = model.get_input_embeddings()(ids)
+    # Audio slots only inside the prompt: a sampled placeholder in a completion stays a plain token
     # (a young policy can sample it, and the merge would then fail).
-    slots = ids == model.config.audio_token_id
+    slots = ids == adapter_for(model).audio_token_id(model)
     slots[:, prompt_length:] = False
     if int(slots.sum()) != features.shape[0]:
         raise ValueError(
@@ -145,8 +147,8 @@ def completion_logprobs(
     the numbers of one full row per completion, with 1/n of the prompt compute. Off under
     gradient checkpointing, whose recomputation would append to the cache twice.
     """
-    lm = model.model.language_model
-    device = model.model.get_input_embeddings().weight.device
+    lm = adapter_for(model).decoder(model)
+    device = model.get_input_embeddings().weight.device
     ids = batch.input_ids.to(device)
     attention = batch.attention_mask.to(device)
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: match generation's positions
@@ -164,7 +166,7 @@ def completion_logprobs(
         cache = prompt.past_key_values
         cache.batch_select_indices(row_to_prompt.to(device))
         tail = lm(
-            inputs_embeds=model.model.get_input_embeddings()(ids[:, start:]),
+            inputs_embeds=model.get_input_embeddings()(ids[:, start:]),
             attention_mask=attention,
             position_ids=position_ids[:, start:],
             past_key_values=cache,
@@ -201,7 +203,11 @@ class CompletionScorer(torch.nn.Module):
         self.temperature, self.share_prompt = temperature, share_prompt
 
     def forward(
-        self, rows: CompletionBatch, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
+        self,
+        rows: CompletionBatch,
+        input_features: torch.Tensor,
+        feature_attention_mask: torch.Tensor,
+        windows: list[int] | None = None,
     ) -> torch.Tensor:
-        audio = audio_embeddings(self.model, input_features, feature_attention_mask)
+        audio = audio_embeddings(self.model, input_features, feature_attention_mask, windows)
         return completion_logprobs(self.model, rows, audio, self.temperature, self.share_prompt)

@@ -44,7 +44,7 @@ def hf_generate(
         top_p=sampling.top_p if not greedy else None,
         max_new_tokens=sampling.max_tokens,
         num_return_sequences=n,
-        suppress_tokens=forbidden_token_ids(tokenizer),
+        suppress_tokens=forbidden_token_ids(processor),
         pad_token_id=tokenizer.pad_token_id,
     )
     model.train(was_training)

@@ -6,10 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# A young policy can sample these; fed back through Qwen2-Audio's forward they break the audio
-# merge ("Audio features and audio tokens do not match"), so generation forbids them.
-FORBIDDEN_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|im_start|>")
-
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -54,9 +50,14 @@ def vllm_sampling_params(
     )
 
 
-def forbidden_token_ids(tokenizer) -> list[int]:
-    """Ids of `FORBIDDEN_TOKENS` in this tokenizer (those it has)."""
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in FORBIDDEN_TOKENS]
+def forbidden_token_ids(processor) -> list[int]:
+    """Ids of the tokens generation forbids (those this tokenizer has): the family's audio
+    placeholders and other modalities' tokens (a young policy can sample them, and fed back
+    through the forward they break the audio merge) and the chat's turn opener."""
+    from families import adapter_for
+
+    tokenizer = processor.tokenizer
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in adapter_for(processor).forbidden_tokens]
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 

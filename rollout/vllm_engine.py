@@ -55,12 +55,15 @@ def eager(engine: EngineConfig) -> bool:
 
 
 def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: Any) -> dict[str, Any]:
-    """vLLM's engine arguments for `LLM(...)` and `AsyncEngineArgs(...)` alike (audio: one clip)."""
+    """vLLM's engine arguments for `LLM(...)` and `AsyncEngineArgs(...)` alike (audio: one clip;
+    the family's multimodal limits)."""
+    from families import adapter_for
+
     return {
         "model": model_path,
         "dtype": engine.dtype,
         "max_model_len": engine.max_model_len,
-        "limit_mm_per_prompt": {"audio": 1},
+        "limit_mm_per_prompt": adapter_for(model_path).vllm_mm_limits,
         "enforce_eager": eager(engine),
         "seed": seed,
         "tensor_parallel_size": engine.tensor_parallel_size,
@@ -92,7 +95,7 @@ class RolloutWorker:
 
         self.llm = LLM(**engine_args(model_path, engine, seed, **transfer_engine_args(weight_transfer)))
         self.processor = AutoProcessor.from_pretrained(model_path)
-        self.forbidden = forbidden_token_ids(self.processor.tokenizer)
+        self.forbidden = forbidden_token_ids(self.processor)
         self.policy_version = 0
         self.gate, self.wait_s = PolicyGate(), wait_s
         self._session: str | None = None  # this update's receive: "receiving", "received", "failed"

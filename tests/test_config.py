@@ -102,14 +102,15 @@ def test_inconsistent_settings_fail_at_load(overrides, message):
         load_config("tiny-cpu", overrides)
 
 
-def test_engines_use_cuda_graphs_on_gpu_and_run_eagerly_on_cpu_unless_told():
+def test_engines_use_cuda_graphs_on_gpu_and_run_eagerly_on_cpu_unless_told(tiny_model_dir):
     import torch
 
     from rollout.vllm_engine import EngineConfig, engine_args
 
-    assert engine_args("m", EngineConfig())["enforce_eager"] == (not torch.cuda.is_available())
-    assert engine_args("m", EngineConfig(enforce_eager=True))["enforce_eager"] is True
-    assert engine_args("m", EngineConfig(enforce_eager=False))["enforce_eager"] is False
+    m = str(tiny_model_dir)
+    assert engine_args(m, EngineConfig())["enforce_eager"] == (not torch.cuda.is_available())
+    assert engine_args(m, EngineConfig(enforce_eager=True))["enforce_eager"] is True
+    assert engine_args(m, EngineConfig(enforce_eager=False))["enforce_eager"] is False
     assert (
         load_config("tiny-cpu", ["rollout.engine.enforce_eager=false"]).rollout.engine.enforce_eager is False
     )

@@ -145,7 +145,9 @@ def test_policy_source_streams_whole_tensors_group_by_group_under_zero3(tiny_mod
 
     learner = make_learner(tiny_model_dir, zero_stage=3)
     with learner.gathered():
-        whole = {published_name(n): p.detach().clone() for n, p in learner.model.named_parameters()}
+        whole = {
+            published_name(n, learner.model): p.detach().clone() for n, p in learner.model.named_parameters()
+        }
     group_bytes = 64 * 1024
     source = PolicySource(learner, torch.float32, group_bytes)
     assert [(m.name, m.shape) for m in source.metadata()] == [(n, tuple(t.shape)) for n, t in whole.items()]
