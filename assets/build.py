@@ -49,9 +49,10 @@ def ensure_model(
     audio_root: str | None,
     seed: int,
     thinking: bool = False,
+    family: str = "qwen2-audio",
     log: Log = print,
 ) -> None:
-    """Build a `size` Qwen2-Audio at `target` (random weights, then `warm_start_steps` of format
+    """Build a `size` model of `family` at `target` (random weights, then `warm_start_steps` of format
     warm start on `train_data`, in the thinking format with `thinking`) unless a model is there
     already. `size` "" means: never build."""
     from assets.tiny_model import make_tiny
@@ -68,8 +69,8 @@ def ensure_model(
             return
         random_init = target.parent / (target.name + ".random-init")
         shutil.rmtree(random_init, ignore_errors=True)
-        log(f"building a {size} Qwen2-Audio in {target} ...")
-        make_tiny(random_init, size=size, seed=seed)
+        log(f"building a {size} {family} in {target} ...")
+        make_tiny(random_init, size=size, seed=seed, family=family)
         if warm_start_steps <= 0:
             random_init.rename(target)
             return

@@ -139,17 +139,14 @@ def _merges_of(backend: Tokenizer) -> list:
     return json.loads(backend.to_str())["model"]["merges"]
 
 
-def build_processor(vocab_size: int) -> Qwen2AudioProcessor:
+def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2AudioProcessor:
     features = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30, n_fft=400
     )
-    return Qwen2AudioProcessor(
-        feature_extractor=features, tokenizer=build_tokenizer(vocab_size), chat_template=CHAT_TEMPLATE
-    )
+    return Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_model(size: str, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioForConditionalGeneration:
-    spec = SIZES[size]
+def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioForConditionalGeneration:
     audio_token = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     config = Qwen2AudioConfig(
         audio_config=dict(
@@ -170,15 +167,6 @@ def build_model(size: str, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioFo
     )
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).eval()
-    # A randomly initialised Whisper encoder maps all sines to nearly the same feature (cosine 0.999,
-    # STACK.md), so nothing can learn from the audio. Wider weights separate the classes.
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in list(model.model.audio_tower.modules()) + list(
-            model.model.multi_modal_projector.modules()
-        ):
-            if isinstance(module, torch.nn.Linear | torch.nn.Conv1d):
-                module.weight.normal_(0.0, 0.1, generator=generator)
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
@@ -188,15 +176,43 @@ def build_model(size: str, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioFo
     return model
 
 
-def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def widen_audio_weights(model: torch.nn.Module, seed: int) -> None:
+    """A randomly initialised Whisper encoder maps all sines to nearly the same feature (cosine
+    0.999, STACK.md), so nothing can learn from the audio. Wider weights separate the classes."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            audio = "audio_tower" in name or "multi_modal_projector" in name
+            if audio and isinstance(module, torch.nn.Linear | torch.nn.Conv1d):
+                module.weight.normal_(0.0, 0.1, generator=generator)
+
+
+def _builders() -> dict:
+    """family -> (processor from a tokenizer, model from a size spec, tokenizer and seed)."""
+    from assets import tiny_audioflamingo3
+
+    return {
+        "qwen2-audio": (build_processor, build_model),
+        "audioflamingo3": (tiny_audioflamingo3.build_processor, tiny_audioflamingo3.build_model),
+    }
+
+
+FAMILIES = ("qwen2-audio", "audioflamingo3")
+
+
+def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: str = "qwen2-audio") -> Path:
     """Build and write the checkpoint folder atomically (a temp folder renamed into place)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {list(SIZES)}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {list(FAMILIES)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    processor = build_processor(SIZES[size]["vocab"])
-    model = build_model(size, processor.tokenizer, seed)
+    make_processor, make_model = _builders()[family]
+    processor = make_processor(build_tokenizer(SIZES[size]["vocab"]))
+    model = make_model(SIZES[size], processor.tokenizer, seed)
+    widen_audio_weights(model, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     save_hf_folder(model, processor, staging)

@@ -22,9 +22,9 @@ def _logging() -> None:
 def make_tiny(args: argparse.Namespace) -> int:
     from assets.tiny_model import SIZES, make_tiny
 
-    out = make_tiny(args.out_dir, size=args.size, seed=args.seed)
+    out = make_tiny(args.out_dir, size=args.size, seed=args.seed, family=args.family)
     print(
-        f"wrote a {args.size} Qwen2-Audio ({SIZES[args.size]['text']['num_hidden_layers']} decoder layers, "
+        f"wrote a {args.size} {args.family} ({SIZES[args.size]['text']['num_hidden_layers']} decoder layers, "
         f"random weights, seed {args.seed}) to {out}"
     )
     return 0
@@ -156,6 +156,7 @@ def prepare_assets(config) -> None:
         audio_root=data.audio_root or None,
         seed=sub_seed(seed, "model-build"),
         thinking=config.prompt.thinking,
+        family=model.family,
         log=log.info,
     )
 

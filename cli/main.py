@@ -38,6 +38,12 @@ def _make_tiny_args(p: argparse.ArgumentParser) -> None:
         help="tiny: ~0.6M parameters (tests); small: ~33M, medium: ~100M (benchmarks)",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    p.add_argument(
+        "--family",
+        choices=["qwen2-audio", "audioflamingo3"],
+        default="qwen2-audio",
+        help="the model family's architecture, processor and chat template",
+    )
 
 
 def _make_data_args(p: argparse.ArgumentParser) -> None:

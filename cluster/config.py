@@ -42,6 +42,9 @@ class ModelConfig:
     # warm start of `warm_start_steps` on the training data (0 = none). Done by the CLI before a run.
     build_if_missing: Literal["", "tiny", "small"] = ""
     warm_start_steps: int = 0
+    # The family of the model built when missing (families/: qwen2-audio, audioflamingo3); a
+    # folder on disk is served by the family its config.json names.
+    family: str = "qwen2-audio"
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,11 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def validate(config: RunConfig) -> RunConfig:
     """Checks across sections, made before anything starts."""
+    from families import FAMILIES
+
     train = config.train
+    if config.model.family not in FAMILIES:
+        raise ConfigError(f"model.family {config.model.family!r}: one of {', '.join(FAMILIES)}")
     if train.questions_per_step % config.learner.num_ranks:
         raise ConfigError(
             f"train.questions_per_step ({train.questions_per_step}) must be a multiple of "

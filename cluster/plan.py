@@ -49,7 +49,7 @@ class ModelShape:
 
 
 def _hf_config(model_path: str):
-    from transformers import AutoConfig, Qwen2AudioConfig
+    from transformers import AutoConfig
 
     path = expand_path(model_path)
     if (path / "config.json").is_file():
@@ -57,7 +57,7 @@ def _hf_config(model_path: str):
     bundled = MODEL_CONFIGS / f"{Path(model_path).name}.json"
     if bundled.is_file():
         values = {k: v for k, v in json.loads(bundled.read_text()).items() if not k.startswith("_")}
-        return Qwen2AudioConfig(**values)
+        return AutoConfig.for_model(**values)
     known = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.json")))
     raise ConfigError(f"model.path {model_path}: no config.json there, and no bundled shape ({known})")
 
@@ -65,15 +65,17 @@ def _hf_config(model_path: str):
 def model_shape(model_path: str) -> ModelShape:
     """The shape of the model at `model_path` (built on the meta device: no weights are read)."""
     import torch
-    from transformers import Qwen2AudioForConditionalGeneration
+
+    from families import adapter_for
 
     config = _hf_config(model_path)
+    adapter = adapter_for(config)
     with torch.device("meta"):
-        model = Qwen2AudioForConditionalGeneration(config)
+        model = adapter.model_class()(config)
     text, audio = config.text_config, config.audio_config
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())
+    layer = sum(p.numel() for p in adapter.decoder(model).layers[0].parameters())
     largest = max(p.numel() for p in model.parameters())
     return ModelShape(
         params=sum(p.numel() for p in model.parameters()),

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from families.audioflamingo3 import AudioFlamingo3
 from families.base import EncodedClip, ModelAdapter
 from families.qwen2_audio import Qwen2Audio
 
-ADAPTERS: tuple[ModelAdapter, ...] = (Qwen2Audio(),)
+ADAPTERS: tuple[ModelAdapter, ...] = (Qwen2Audio(), AudioFlamingo3())
 FAMILIES = {adapter.family: adapter for adapter in ADAPTERS}
 
 __all__ = ["ADAPTERS", "FAMILIES", "EncodedClip", "ModelAdapter", "adapter_for", "family_named"]

@@ -66,6 +66,13 @@ class ModelAdapter:
         out = processor(text=text, audio=wave, sampling_rate=sample_rate, return_tensors="pt")
         return EncodedClip(out.input_ids[0].tolist(), out.input_features, out[self.feature_mask_key])
 
+    def batch_inputs(self, processor, texts: list[str], waves: list[np.ndarray], sample_rate: int) -> Any:
+        """Processor outputs for a left-padded batch (transformers' `generate`)."""
+        processor.tokenizer.padding_side = "left"
+        return processor(
+            text=texts, audio=waves, sampling_rate=sample_rate, return_tensors="pt", padding=True
+        )
+
     def audio_embeddings(self, model, features: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """Projected audio embeddings per window row, cropped to its length ([n_i, hidden] each)."""
         raise NotImplementedError

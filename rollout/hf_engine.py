@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from families import adapter_for
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
 from rollout.question import AudioQuestion, Completion, RolloutResult
@@ -29,10 +30,7 @@ def hf_generate(
     """Completions (token ids, cut after the first end token) per question: [B][n][tokens]."""
     tokenizer = processor.tokenizer
     texts = [render_prompt(processor, q, c, thinking=thinking) for q, c in questions]
-    tokenizer.padding_side = "left"
-    inputs = processor(
-        text=texts, audio=list(waveforms), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
-    )
+    inputs = adapter_for(processor).batch_inputs(processor, texts, list(waveforms), SAMPLE_RATE)
     n = 1 if greedy else sampling.n
     was_training = model.training
     model.eval()

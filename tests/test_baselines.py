@@ -75,3 +75,26 @@ def test_lora_grpo_learns_with_merged_weights_in_the_engines(service_env, tmp_pa
     assert [r["step"] for r in records] == list(range(1, 61))
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0, records[-1]  # chance: 50
     assert json.loads((run_dir / "summary.json").read_text())["rollout_policy_versions"] == [60, 60]
+
+
+@pytest.mark.slow
+def test_grpo_with_thinking_trains_and_evaluates_in_the_thinking_format(service_env, tmp_path):
+    """tiny-cpu-think: the thinking prompt, its warm start and its format reward, end to end; the
+    policy answers `<think>..</think> <answer>..</answer>` in training and in evaluation."""
+    from reward.rewards import format_reward
+
+    run_dir = tmp_path / "think"
+    command = train_command(
+        run_dir,
+        config="tiny-cpu-think",
+        max_steps=10,
+        extra=("--set", "train.eval_every=10", "--set", "sync.timeout_s=60", "--no-progress"),
+    )
+    done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = steps_logged(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert sum(r["format_rate"] for r in records) / len(records) > 0.8
+    evaluated = json.loads((run_dir / "eval" / "step-10.json").read_text())
+    formatted = [format_reward(item["response"], thinking=True) for item in evaluated]
+    assert sum(formatted) / len(formatted) > 0.8, evaluated[:3]
