@@ -113,18 +113,43 @@ def test_af3_greedy_output_in_vllm_equals_transformers(af3_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_af3_grpo_learns_and_its_checkpoint_loads(service_env, tmp_path):
-    """The embedded default on Audio Flamingo 3's architecture (tiny-cpu-af3): held-out accuracy
-    leaves chance; the checkpoint loads in transformers as AF3."""
+def test_af3_trains_serves_live_and_serves_its_checkpoint(service_env, tmp_path):
+    """The embedded default on Audio Flamingo 3's architecture (tiny-cpu-af3) with `--serve`: the
+    live endpoint answers during training; held-out accuracy leaves chance; the checkpoint loads
+    in transformers as AF3 and `serve` answers from it."""
+    import httpx
+    from helpers import FORM, start_server, wait_for
+    from helpers import wav_bytes as wav
     from transformers import AudioFlamingo3ForConditionalGeneration
 
     from cli.main import train_command
+    from cluster.network import free_port
 
     run_dir = tmp_path / "af3"
-    command = train_command(run_dir, config="tiny-cpu-af3", max_steps=60, extra=tuple(FAST))
-    done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-4000:]
+    serve = ("--serve", "--serve-port", str(free_port()))
+    command = train_command(run_dir, config="tiny-cpu-af3", max_steps=60, extra=(*FAST, *serve))
+    with open(tmp_path / "train.log", "w") as log:
+        training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for((run_dir / "endpoint.json").exists, 600, "the live endpoint to start", training)
+            url = json.loads((run_dir / "endpoint.json").read_text())["url"]
+            live = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=120)
+            assert live.status_code == 200, live.text
+            assert live.json()["checkpoint"] == "(live)" or live.json()["policy_version"] == 0
+            assert training.wait(timeout=1500) == 0, (tmp_path / "train.log").read_text()[-4000:]
+        finally:
+            if training.poll() is None:
+                training.kill()
     records = steps_logged(run_dir)
     assert [r["step"] for r in records] == list(range(1, 61))
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0, records[-1]  # chance: 50
-    AudioFlamingo3ForConditionalGeneration.from_pretrained(run_dir / "checkpoints" / "step-60")
+    checkpoint = run_dir / "checkpoints" / "step-60"
+    AudioFlamingo3ForConditionalGeneration.from_pretrained(checkpoint)
+    server, url = start_server(["--model", str(checkpoint), "--dtype", "float32"], env=service_env)
+    try:
+        answer = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["step"] == 60 and answer.json()["answer"] in json.loads(FORM["choices"])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

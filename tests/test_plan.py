@@ -20,7 +20,8 @@ def test_qwen2_audio_7b_shape_from_its_bundled_config():
 @pytest.mark.parametrize(
     ("preset", "nodes", "gpu_gib"),
     [("r1-aqa", 1, 80), ("r1-aqa-h200", 1, 141), ("r1-aqa-2node", 2, 80)]
-    + [("r1-aqa-think", 1, 80), ("r1-aqa-sft-full", 1, 80), ("r1-aqa-sft-lora", 1, 80)],
+    + [("r1-aqa-think", 1, 80), ("r1-aqa-sft-full", 1, 80), ("r1-aqa-sft-lora", 1, 80)]
+    + [("r1-aqa-af3", 1, 80)],
 )
 def test_gpu_presets_fit_the_hardware_they_name(preset, nodes, gpu_gib):
     config = load_config(preset)
