@@ -10,12 +10,10 @@ from transformers import (
     AudioFlamingo3Config,
     AudioFlamingo3ForConditionalGeneration,
     AudioFlamingo3Processor,
-    GenerationConfig,
     Qwen2Tokenizer,
-    WhisperFeatureExtractor,
 )
 
-from rollout.audio import SAMPLE_RATE
+from assets.tiny_model import chat_generation_config, decoder_config, encoder_config, whisper_features
 
 SOUND = "<sound>"
 MAX_AUDIO_SECONDS = 60
@@ -37,11 +35,8 @@ CHAT_TEMPLATE = (
 def build_processor(tokenizer: Qwen2Tokenizer) -> AudioFlamingo3Processor:
     tokenizer.add_tokens([SOUND], special_tokens=True)
     tokenizer.chat_template = CHAT_TEMPLATE
-    features = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30, n_fft=400
-    )
     return AudioFlamingo3Processor(
-        feature_extractor=features,
+        feature_extractor=whisper_features(),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
         audio_token=SOUND,
@@ -51,28 +46,11 @@ def build_processor(tokenizer: Qwen2Tokenizer) -> AudioFlamingo3Processor:
 
 def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> AudioFlamingo3ForConditionalGeneration:
     config = AudioFlamingo3Config(
-        audio_config=dict(
-            model_type="audioflamingo3_encoder", num_mel_bins=128, max_source_positions=1500, **spec["audio"]
-        ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=len(tokenizer),
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-            rope_theta=1e6,
-            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id,
-            **spec["text"],
-        ),
+        audio_config=encoder_config(spec, "audioflamingo3_encoder"),
+        text_config=decoder_config(spec, tokenizer),
         audio_token_id=tokenizer.convert_tokens_to_ids(SOUND),
     )
     torch.manual_seed(seed)
     model = AudioFlamingo3ForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
+    model.generation_config = chat_generation_config(tokenizer)
     return model

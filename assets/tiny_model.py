@@ -139,40 +139,57 @@ def _merges_of(backend: Tokenizer) -> list:
     return json.loads(backend.to_str())["model"]["merges"]
 
 
-def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2AudioProcessor:
-    features = WhisperFeatureExtractor(
+def whisper_features() -> WhisperFeatureExtractor:
+    """128 mel bins at 16 kHz in 30 s windows, as every supported family's processor has."""
+    return WhisperFeatureExtractor(
         feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30, n_fft=400
     )
-    return Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioForConditionalGeneration:
-    audio_token = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
-    config = Qwen2AudioConfig(
-        audio_config=dict(
-            model_type="qwen2_audio_encoder", num_mel_bins=128, max_source_positions=1500, **spec["audio"]
-        ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=len(tokenizer),
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-            rope_theta=1e6,
-            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id,
-            **spec["text"],
-        ),
-        audio_token_index=audio_token,
+def encoder_config(spec: dict, model_type: str) -> dict:
+    return dict(model_type=model_type, num_mel_bins=128, max_source_positions=1500, **spec["audio"])
+
+
+def decoder_config(spec: dict, tokenizer: Qwen2Tokenizer) -> dict:
+    """The Qwen2 decoder every supported family uses, at the size `spec` names."""
+    return dict(
+        model_type="qwen2",
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        rope_theta=1e6,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        **spec["text"],
     )
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
+
+
+def chat_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Generation ends at <|im_end|> (or padding), greedy unless asked."""
+    return GenerationConfig(
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
         do_sample=False,
     )
+
+
+def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2AudioProcessor:
+    return Qwen2AudioProcessor(
+        feature_extractor=whisper_features(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+
+
+def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioForConditionalGeneration:
+    config = Qwen2AudioConfig(
+        audio_config=encoder_config(spec, "qwen2_audio_encoder"),
+        text_config=decoder_config(spec, tokenizer),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    model.generation_config = chat_generation_config(tokenizer)
     return model
 
 

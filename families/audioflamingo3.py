@@ -9,30 +9,26 @@ chat template puts the sound before the text.
 
 from __future__ import annotations
 
-from families.base import EncodedClip, ModelAdapter
-from families.qwen2_audio import Qwen2Audio, whisper_tower_embeddings
+from families.base import EncodedClip
+from families.qwen2_audio import Qwen2Audio
 
 
-class AudioFlamingo3(ModelAdapter):
+class AudioFlamingo3(Qwen2Audio):
+    """Qwen2-Audio's layout, encoder path and names; its own placeholder, processor and projector."""
+
     family = "audioflamingo3"
     model_types = ("audioflamingo3",)
     processor_classes = ("AudioFlamingo3Processor",)
     feature_mask_key = "input_features_mask"
-    published_prefixes = Qwen2Audio.published_prefixes
     forbidden_tokens = ("<sound>", "<|im_start|>")
-    lora_audio = (
-        r".*audio_tower\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
-        r"|.*multi_modal_projector\.linear_[12]"
+    lora_audio = Qwen2Audio.lora_audio.replace(
+        r"multi_modal_projector\.linear", r"multi_modal_projector\.linear_[12]"
     )
 
     def model_class(self) -> type:
         from transformers import AudioFlamingo3ForConditionalGeneration
 
         return AudioFlamingo3ForConditionalGeneration
-
-    def zero3_external_parameters(self, model):
-        tower = model.model.audio_tower  # its forward adds embed_positions.weight directly
-        return [(tower, tower.embed_positions.weight)]
 
     def encode(self, processor, text, wave, sample_rate):
         # Lists in, 1:1 (the processor's rule); it only returns torch tensors.
@@ -42,7 +38,3 @@ class AudioFlamingo3(ModelAdapter):
     def batch_inputs(self, processor, texts, waves, sample_rate):
         # Its defaults pad text on the left; `padding=True` would also cut the 30 s feature windows.
         return processor(text=texts, audio=waves, sampling_rate=sample_rate)
-
-    def audio_embeddings(self, model, features, mask):
-        core = model.model
-        return whisper_tower_embeddings(core.audio_tower, core.multi_modal_projector, features, mask)
