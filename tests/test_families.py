@@ -101,8 +101,12 @@ def test_af3_greedy_output_in_vllm_equals_transformers(af3_dir, tmp_path):
             AudioQuestion(str(i), str(tmp_path / f"{i}.wav"), "High or low?", ["high", "low"], "high")
         )
     sampling = SamplingConfig(max_tokens=16)
-    worker = RolloutWorker(str(af3_dir), EngineConfig(dtype="float32", in_process=True))
+    # The engine core in its own process: in this one it would set up torch.distributed, which
+    # later tests' learners set up themselves.
+    worker = RolloutWorker(str(af3_dir), EngineConfig(dtype="float32", in_process=False))
     ours = [r.completions[0].token_ids for r in worker.generate(questions, sampling, greedy=True)]
+    worker.llm.llm_engine.engine_core.shutdown()
+    del worker
     from transformers import AutoProcessor
 
     model = adapter_for(af3_dir).load(str(af3_dir), torch.float32).eval()
