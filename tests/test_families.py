@@ -157,3 +157,26 @@ def test_af3_trains_serves_live_and_serves_its_checkpoint(service_env, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_af3_sft_learns_and_resumes_from_its_checkpoint(service_env, tmp_path):
+    """`sft` on a tiny AF3 built for it (model.family): held-out accuracy leaves chance; `--resume`
+    continues from the step-20 checkpoint to step 30 with each step logged once."""
+    from cli.main import cli_command
+
+    run_dir = tmp_path / "sft"
+    first = cli_command(
+        "sft", "--config", "tiny-cpu-sft", "--run-dir", str(run_dir), "--max-steps", "20", "--no-progress",
+        "--set", f"model.path={tmp_path / 'model'}", "--set", "model.family=audioflamingo3",
+        "--set", "train.eval_every=10", "--set", "train.save_every=10",
+    )  # fmt: skip
+    resume = cli_command("sft", "--resume", str(run_dir), "--max-steps", "30", "--no-progress")
+    for command in (first, resume):
+        done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+    records = steps_logged(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert records[-1]["data_position"] == 240
+    assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0  # chance: 50
+    assert adapter_for(run_dir / "checkpoints" / "step-30") is FAMILIES["audioflamingo3"]
