@@ -49,19 +49,20 @@ def ensure_model(
     audio_root: str | None,
     seed: int,
     thinking: bool = False,
-    family: str = "qwen2-audio",
+    family: str = "",
     log: Log = print,
 ) -> None:
-    """Build a `size` model of `family` at `target` (random weights, then `warm_start_steps` of format
-    warm start on `train_data`, in the thinking format with `thinking`) unless a model is there
-    already. `size` "" means: never build."""
+    """Build a `size` model of `family` (qwen2-audio if "") at `target` (random weights, then
+    `warm_start_steps` of format warm start on `train_data`, in the thinking format with `thinking`)
+    unless a model is there already, which must then be of `family` if one is named. `size` ""
+    means: never build."""
     from assets.tiny_model import make_tiny
     from assets.warm_start import format_warm_start
     from rollout.audio import load_audio
     from rollout.datasets import load_questions
 
     if (target / "config.json").exists():
-        return
+        return _check_family(target, family)
     if not size:
         raise FileNotFoundError(f"model folder not found: {target} (no hub here: give a folder on disk)")
     with _lock(target.parent / ".model.lock"):
@@ -69,6 +70,7 @@ def ensure_model(
             return
         random_init = target.parent / (target.name + ".random-init")
         shutil.rmtree(random_init, ignore_errors=True)
+        family = family or "qwen2-audio"
         log(f"building a {size} {family} in {target} ...")
         make_tiny(random_init, size=size, seed=seed, family=family)
         if warm_start_steps <= 0:
@@ -85,3 +87,15 @@ def ensure_model(
         )
         staging.rename(target)
         shutil.rmtree(random_init, ignore_errors=True)
+
+
+def _check_family(target: Path, family: str) -> None:
+    """A named family must be the one the folder's config.json says (its weights decide the class)."""
+    from families import adapter_for
+
+    found = adapter_for(target).family
+    if family and found != family:
+        raise ValueError(
+            f"model.family is {family!r} but {target} holds a {found} checkpoint (config.json): "
+            f"drop model.family (the checkpoint decides) or point model.path at a {family} model"
+        )

@@ -111,12 +111,17 @@ def tokenizer_corpus() -> list[str]:
     return corpus * 20  # repetition lets the frequent prompt words merge into single tokens
 
 
-def build_tokenizer(vocab_size: int) -> Qwen2Tokenizer:
-    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `tokenizer_corpus()`."""
+def build_tokenizer(vocab_size: int, named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
+    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `tokenizer_corpus()`.
+
+    `named_tokens` ({"image_token": "<|IMAGE|>", ...}) adds special tokens that the tokenizer
+    also exposes by name (processors such as Qwen2.5-Omni's read `tokenizer.image_token`)."""
+    named_tokens = named_tokens or {}
+    specials = SPECIAL_TOKENS + [t for t in named_tokens.values() if t not in SPECIAL_TOKENS]
     # An empty Qwen2 tokenizer carries Qwen2's pre-tokeniser and decoder; train its vocabulary anew.
     base = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
     trained = base.train_new_from_iterator(
-        tokenizer_corpus(), vocab_size=vocab_size, new_special_tokens=SPECIAL_TOKENS
+        tokenizer_corpus(), vocab_size=vocab_size, new_special_tokens=specials
     )
     backend: Tokenizer = trained.backend_tokenizer
     tokenizer = Qwen2Tokenizer(
@@ -127,8 +132,9 @@ def build_tokenizer(vocab_size: int) -> Qwen2Tokenizer:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
+        **named_tokens,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -205,16 +211,19 @@ def widen_audio_weights(model: torch.nn.Module, seed: int) -> None:
 
 
 def _builders() -> dict:
-    """family -> (processor from a tokenizer, model from a size spec, tokenizer and seed)."""
-    from assets import tiny_audioflamingo3
+    """family -> (processor from a tokenizer, model from a size spec, tokenizer and seed,
+    the tokenizer's named special tokens)."""
+    from assets import tiny_audioflamingo3 as af3
+    from assets import tiny_qwen2_5_omni as omni
 
     return {
-        "qwen2-audio": (build_processor, build_model),
-        "audioflamingo3": (tiny_audioflamingo3.build_processor, tiny_audioflamingo3.build_model),
+        "qwen2-audio": (build_processor, build_model, {}),
+        "qwen2.5-omni": (omni.build_processor, omni.build_model, omni.NAMED),
+        "audioflamingo3": (af3.build_processor, af3.build_model, {}),
     }
 
 
-FAMILIES = ("qwen2-audio", "audioflamingo3")
+FAMILIES = ("qwen2-audio", "qwen2.5-omni", "audioflamingo3")
 
 
 def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: str = "qwen2-audio") -> Path:
@@ -226,8 +235,8 @@ def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: st
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    make_processor, make_model = _builders()[family]
-    processor = make_processor(build_tokenizer(SIZES[size]["vocab"]))
+    make_processor, make_model, named_tokens = _builders()[family]
+    processor = make_processor(build_tokenizer(SIZES[size]["vocab"], named_tokens))
     model = make_model(SIZES[size], processor.tokenizer, seed)
     widen_audio_weights(model, seed)
     out.parent.mkdir(parents=True, exist_ok=True)

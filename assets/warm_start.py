@@ -45,13 +45,11 @@ def format_warm_start(
 ) -> Path:
     """Train on random-choice answer targets (the thinking format's with `thinking`) and write the
     result as an HF folder."""
-    from transformers import AutoProcessor
-
-    from families import adapter_for
+    from families import adapter_for, load_processor
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = load_processor(model_dir)
     model = adapter_for(str(model_dir)).load(str(model_dir), torch.float32)
     model.train()
     tokenizer = processor.tokenizer

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import commands
+from families import FAMILIES
 from rollout.vllm_engine import Dtype
 
 DTYPES = list(typing.get_args(Dtype))
@@ -40,7 +41,7 @@ def _make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument(
         "--family",
-        choices=["qwen2-audio", "audioflamingo3"],
+        choices=list(FAMILIES),
         default="qwen2-audio",
         help="the model family's architecture, processor and chat template",
     )

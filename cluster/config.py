@@ -42,9 +42,10 @@ class ModelConfig:
     # warm start of `warm_start_steps` on the training data (0 = none). Done by the CLI before a run.
     build_if_missing: Literal["", "tiny", "small"] = ""
     warm_start_steps: int = 0
-    # The family of the model built when missing (families/: qwen2-audio, audioflamingo3); a
-    # folder on disk is served by the family its config.json names.
-    family: str = "qwen2-audio"
+    # The model family (families/: qwen2-audio, qwen2.5-omni, audioflamingo3). "" = the one the
+    # folder's config.json names. It picks the family of a model built when missing (qwen2-audio
+    # when ""); for a folder on disk it must agree with config.json (the weights decide the class).
+    family: str = ""
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def validate(config: RunConfig) -> RunConfig:
     from families import FAMILIES
 
     train = config.train
-    if config.model.family not in FAMILIES:
+    if config.model.family and config.model.family not in FAMILIES:
         raise ConfigError(f"model.family {config.model.family!r}: one of {', '.join(FAMILIES)}")
     if train.questions_per_step % config.learner.num_ranks:
         raise ConfigError(

@@ -46,6 +46,7 @@ class ModelShape:
     audio_layers: int
     audio_positions: int  # encoder positions of a 30 s clip
     audio_tokens: int  # prompt tokens of a 30 s clip
+    frozen: int = 0  # parameters of modules the family never runs (a vision tower): not trained
 
 
 def _hf_config(model_path: str):
@@ -68,8 +69,9 @@ def model_shape(model_path: str) -> ModelShape:
 
     from families import adapter_for
 
-    config = _hf_config(model_path)
-    adapter = adapter_for(config)
+    checkpoint_config = _hf_config(model_path)
+    adapter = adapter_for(checkpoint_config)
+    config = adapter.trained_config(checkpoint_config)
     with torch.device("meta"):
         model = adapter.model_class()(config)
     text, audio = config.text_config, config.audio_config
@@ -90,6 +92,7 @@ def model_shape(model_path: str) -> ModelShape:
         audio_layers=audio.encoder_layers,
         audio_positions=audio.max_source_positions,
         audio_tokens=audio.max_source_positions // 2,
+        frozen=sum(p.numel() for m in adapter.unused_modules for p in model.get_submodule(m).parameters()),
     )
 
 
@@ -140,7 +143,8 @@ def learner_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
     # Mixed precision Adam: fp32 master, two moments and DeepSpeed's fp32 gradient partition;
     # in float32 the weights are the master copy.
     optimizer_bytes = 16 if b == 2 else 8
-    trainable = lora_params(config, shape) if learner.lora.rank else p  # LoRA: adapters only
+    # LoRA: adapters only; else all but the modules the family never runs.
+    trainable = lora_params(config, shape) if learner.lora.rank else p - shape.frozen
     needs = [
         Need("weights", p * b / per[stage == 3]),
         Need(f"gradients ({trainable / 1e6:.0f} M trainable params)", trainable * b / per[stage >= 2]),

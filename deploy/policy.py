@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from families import load_processor
 from learner.checkpoint import latest_checkpoint, read_manifest
 from reward.rewards import extract_answer
 from rollout.audio import SAMPLE_RATE
@@ -84,7 +85,6 @@ class PolicyEngine:
         self.prompt, self.sampling, self.engine_config = prompt, sampling, engine
         start = Path(model_dir) if model_dir else self._wait_for_first_checkpoint()
         vllm_env(engine)
-        from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -95,7 +95,7 @@ class PolicyEngine:
         self.engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**engine_args(str(start), engine, disable_log_stats=True, **extra))
         )
-        self.processor = AutoProcessor.from_pretrained(start)
+        self.processor = load_processor(start)
         self.forbidden = forbidden_token_ids(self.processor)
         step = _step_of(start)
         self.info = PolicyInfo(

@@ -9,12 +9,26 @@ from typing import Any
 
 from families.audioflamingo3 import AudioFlamingo3
 from families.base import EncodedClip, ModelAdapter
+from families.qwen2_5_omni import Qwen2_5Omni
 from families.qwen2_audio import Qwen2Audio
 
-ADAPTERS: tuple[ModelAdapter, ...] = (Qwen2Audio(), AudioFlamingo3())
+ADAPTERS: tuple[ModelAdapter, ...] = (Qwen2Audio(), Qwen2_5Omni(), AudioFlamingo3())
 FAMILIES = {adapter.family: adapter for adapter in ADAPTERS}
 
-__all__ = ["ADAPTERS", "FAMILIES", "EncodedClip", "ModelAdapter", "adapter_for", "family_named"]
+__all__ = [
+    "ADAPTERS",
+    "FAMILIES",
+    "EncodedClip",
+    "ModelAdapter",
+    "adapter_for",
+    "family_named",
+    "load_processor",
+]
+
+
+def load_processor(model_dir: str | Path) -> Any:
+    """The processor saved with a checkpoint folder, through its family's adapter."""
+    return adapter_for(model_dir).load_processor(str(model_dir))
 
 
 def family_named(family: str) -> ModelAdapter:

@@ -41,6 +41,8 @@ class ModelAdapter:
     vllm_mm_limits: dict[str, Any] = {"audio": 1}
     lora_language: str = r".*language_model\.layers\.\d+\.(self_attn|mlp)\.({})"  # {}: target names
     lora_audio: str = ""
+    # Modules the audio task never runs (a vision tower): frozen, kept in checkpoints, not sent.
+    unused_modules: tuple[str, ...] = ()
 
     # -- loading ---------------------------------------------------------------------------------
     def model_class(self) -> type:
@@ -48,6 +50,19 @@ class ModelAdapter:
 
     def load(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
         return self.model_class().from_pretrained(path, dtype=dtype)
+
+    def freeze_unused(self, model: torch.nn.Module) -> None:
+        for name in self.unused_modules:
+            model.get_submodule(name).requires_grad_(False)
+
+    def trained_config(self, config: Any) -> Any:
+        """The config of the part we train, from a checkpoint's config (the whole model here)."""
+        return config
+
+    def load_processor(self, path: str) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path)
 
     # -- where things sit ------------------------------------------------------------------------
     def decoder(self, model) -> torch.nn.Module:

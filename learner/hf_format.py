@@ -22,11 +22,6 @@ from families import adapter_for
 SHARD_BYTES = 4 * 1024**3
 
 
-def published_name(name: str, model: Any) -> str:
-    """Map an in-memory parameter name of `model` to its published checkpoint key."""
-    return adapter_for(model).published_name(name)
-
-
 def published_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(published name, tensor) for every weight of the model, shared tensors once."""
     adapter, seen = adapter_for(model), set()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from families import adapter_for
+from families import adapter_for, load_processor
 from learner.config import LearnerConfig
 from learner.deepspeed_setup import (
     build_reference,
@@ -74,7 +74,6 @@ class Learner:
         master_port: int = 29500,
     ):
         import deepspeed
-        from transformers import AutoProcessor
 
         self.config, self.rank, self.world_size = config, rank, world_size
         self.model_path = str(model_path)
@@ -92,12 +91,13 @@ class Learner:
             threads = parallel.cpu_threads
             torch.set_num_threads((os.cpu_count() or 1) if threads < 0 else threads)
 
-        self.processor = AutoProcessor.from_pretrained(self.model_path)
+        self.processor = load_processor(self.model_path)
         # Loaded straight in the training dtype (DeepSpeed keeps the fp32 master copy of its own
         # partition only); under ZeRO-3 each rank materialises only its partition.
         dtype, ds_config = getattr(torch, parallel.dtype), deepspeed_config(config)
         with zero3_loading(ds_config):
             policy = adapter_for(self.model_path).load(self.model_path, dtype)
+        adapter_for(policy).freeze_unused(policy)
         if config.lora.rank:
             from learner.lora import add_lora
 

@@ -114,9 +114,11 @@ def _with_fused_siblings(module: str) -> set[str]:
 
 
 def engine_weights(model: torch.nn.Module) -> list[PublishedWeight]:
-    """What a weight update sends the rollout engines: every weight; with LoRA, only the layers it
-    touches (merged) and their fused siblings. The rest is the frozen base, which every engine
-    already holds: it starts from the base model or a checkpoint of this run (same base)."""
+    """What a weight update sends the rollout engines: the weights of every module that trains
+    (with LoRA: the layers it wraps, merged) and of their vLLM-fused siblings. The rest is frozen
+    (LoRA's base, a family's unused vision tower), and every engine already holds it: it starts
+    from the base model or a checkpoint of this run (same base)."""
     weights = published_weights(model)
-    touched = set().union(*(_with_fused_siblings(name) for name in lora_layers(model)))
-    return [w for w in weights if w.module in touched] if touched else weights
+    trained = {w.module for w in weights if any(p.requires_grad for p in w.params)}
+    touched = set().union(set(), *(_with_fused_siblings(module) for module in trained))
+    return [w for w in weights if w.module in touched]

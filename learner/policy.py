@@ -25,6 +25,12 @@ from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
 
 
+def clip_rows(windows: list[int]) -> list[range]:
+    """Each clip's feature rows, its windows being consecutive rows."""
+    starts = np.cumsum([0, *windows]).tolist()
+    return [range(starts[i], starts[i + 1]) for i in range(len(windows))]
+
+
 @dataclass
 class EncodedQuestions:
     """Processor outputs for a set of questions: prompt ids (audio expanded) and mel features, one
@@ -38,8 +44,8 @@ class EncodedQuestions:
 
     def audio(self, questions: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """The feature rows, mask rows and window counts of `questions`, in their order."""
-        starts = np.cumsum([0, *self.windows])
-        rows = [r for q in questions for r in range(starts[q], starts[q] + self.windows[q])]
+        spans = clip_rows(self.windows)
+        rows = [r for q in questions for r in spans[q]]
         return (
             self.input_features[rows],
             self.feature_attention_mask[rows],
@@ -78,8 +84,7 @@ def audio_embeddings(
     rows = adapter_for(model).audio_embeddings(model, input_features, feature_attention_mask)
     if windows is None:
         return rows
-    starts = np.cumsum([0, *windows])
-    return [torch.cat(rows[starts[i] : starts[i + 1]]) for i in range(len(windows))]
+    return [torch.cat([rows[r] for r in span]) for span in clip_rows(windows)]
 
 
 @dataclass

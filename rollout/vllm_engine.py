@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from families import load_processor
 from rollout.audio import SAMPLE_RATE, AudioError, load_audio
 from rollout.policy_gate import PolicyGate
 from rollout.prompt import PromptConfig, render_prompt
@@ -63,7 +64,7 @@ def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: A
         "model": model_path,
         "dtype": engine.dtype,
         "max_model_len": engine.max_model_len,
-        "limit_mm_per_prompt": adapter_for(model_path).vllm_mm_limits,
+        "limit_mm_per_prompt": dict(adapter_for(model_path).vllm_mm_limits),  # a copy per engine
         "enforce_eager": eager(engine),
         "seed": seed,
         "tensor_parallel_size": engine.tensor_parallel_size,
@@ -87,14 +88,13 @@ class RolloutWorker:
         vllm_env(engine)
         if engine.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from transformers import AutoProcessor
         from vllm import LLM
 
         self.model_path, self.prompt = model_path, prompt
         from rollout.weight_transfer import transfer_engine_args
 
         self.llm = LLM(**engine_args(model_path, engine, seed, **transfer_engine_args(weight_transfer)))
-        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.processor = load_processor(model_path)
         self.forbidden = forbidden_token_ids(self.processor)
         self.policy_version = 0
         self.gate, self.wait_s = PolicyGate(), wait_s

@@ -1,6 +1,8 @@
 """Model families beyond Qwen2-Audio (families/): each family's tiny checkpoint loads in
 transformers and vLLM with equal greedy output, the learner's log-probs equal the model's own
-forward (Audio Flamingo 3's long clips in several 30 s windows included), and GRPO trains it."""
+forward (Audio Flamingo 3's long clips in several 30 s windows included), GRPO trains it and both
+serving modes answer, SFT learns and resumes. Qwen2.5-Omni's thinker is checked in its published
+layout (full omni config, `thinker.` names) and without torchvision (the CPU profile)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from helpers import FAST, ROOT, steps_logged
 from safetensors import safe_open
 
-from families import FAMILIES, adapter_for
+from families import FAMILIES, adapter_for, load_processor
 from rollout.prompt import render_prompt
 
 
@@ -24,17 +26,38 @@ def af3_dir(tmp_path_factory):
     return make_tiny(tmp_path_factory.mktemp("models") / "af3", family="audioflamingo3")
 
 
-def test_the_family_comes_from_config_json_and_unknown_ones_are_refused(tiny_model_dir, af3_dir, tmp_path):
+@pytest.fixture(scope="module")
+def omni_dir(tmp_path_factory):
+    from assets.tiny_model import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "omni", family="qwen2.5-omni")
+
+
+@pytest.fixture(scope="module")
+def family_dirs(af3_dir, omni_dir):
+    return {"audioflamingo3": af3_dir, "qwen2.5-omni": omni_dir}
+
+
+def test_the_family_comes_from_config_json_and_unknown_ones_are_refused(
+    tiny_model_dir, af3_dir, omni_dir, tmp_path
+):
     assert adapter_for(tiny_model_dir) is FAMILIES["qwen2-audio"]
     assert adapter_for(af3_dir) is FAMILIES["audioflamingo3"]
+    assert adapter_for(omni_dir) is FAMILIES["qwen2.5-omni"]
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))
     with pytest.raises(ValueError, match="model_type 'whisper' is not a supported family"):
         adapter_for(tmp_path)
+    # A named model.family must agree with the folder's config.json: the weights decide the class.
+    from assets.build import ensure_model
+
+    common = dict(warm_start_steps=0, train_data=tmp_path, audio_root=None, seed=0)
+    ensure_model(omni_dir, "", family="qwen2.5-omni", **common)
+    ensure_model(omni_dir, "", family="", **common)
+    with pytest.raises(ValueError, match="model.family is 'audioflamingo3' but .* holds a qwen2.5-omni"):
+        ensure_model(omni_dir, "", family="audioflamingo3", **common)
 
 
 def test_af3_checkpoint_has_published_names_sound_placeholder_and_template(af3_dir):
-    from transformers import AutoProcessor
-
     with safe_open(str(af3_dir / "model.safetensors"), "pt") as weights:
         keys = list(weights.keys())
     prefixes = (
@@ -44,7 +67,7 @@ def test_af3_checkpoint_has_published_names_sound_placeholder_and_template(af3_d
         "language_model.lm_head.",
     )
     assert all(k.startswith(prefixes) for k in keys), [k for k in keys if not k.startswith(prefixes)]
-    processor = AutoProcessor.from_pretrained(af3_dir)
+    processor = load_processor(af3_dir)
     assert type(processor).__name__ == "AudioFlamingo3Processor"
     config = json.loads((af3_dir / "config.json").read_text())
     assert config["audio_token_id"] == processor.tokenizer.convert_tokens_to_ids("<sound>")
@@ -52,20 +75,63 @@ def test_af3_checkpoint_has_published_names_sound_placeholder_and_template(af3_d
     assert "<|im_start|>user\n<sound>Is the tone high or low?" in prompt  # the sound before the text
 
 
-def test_af3_learner_logprobs_equal_the_models_forward_with_long_clips_in_windows(af3_dir):
-    from transformers import AutoProcessor
+def test_omni_checkpoint_is_the_full_omni_layout_without_talker_and_loads_as_the_thinker(omni_dir):
+    from learner.lora import engine_weights
 
+    with safe_open(str(omni_dir / "model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert all(k.startswith("thinker.") for k in keys) and any(k.startswith("thinker.visual.") for k in keys)
+    config = json.loads((omni_dir / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_omni" and config["enable_audio_output"] is False
+    assert config["architectures"] == ["Qwen2_5OmniForConditionalGeneration"]  # what vLLM registers
+    # HF ties the head to the embeddings by one flag, vLLM by the other: both must say no.
+    assert config["thinker_config"]["text_config"]["tie_word_embeddings"] is False
+    processor = load_processor(omni_dir)  # no torchvision here: families/omni_compat.py
+    assert type(processor).__name__ == "Qwen2_5OmniProcessor"
+    prompt = render_prompt(processor, "Is the tone high or low?", ["high", "low"])
+    assert "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>Is the tone high or low?" in prompt
+    model = adapter_for(omni_dir).load(str(omni_dir), torch.float32)
+    assert type(model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert sorted(adapter_for(model).published_name(n) for n in model.state_dict()) == sorted(keys)
+    # The vision tower never runs: frozen, and weight updates leave it out (vLLM does not build it).
+    adapter_for(model).freeze_unused(model)
+    sent = {w.name for w in engine_weights(model)}
+    assert sent == {k for k in keys if not k.startswith("thinker.visual.")}
+
+
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+def test_lora_targets_the_decoder_and_with_audio_the_encoder_never_the_vision_tower(family, family_dirs):
+    from learner.config import LoraSettings
+    from learner.lora import add_lora, lora_layers
+
+    model_dir = family_dirs[family]
+    language = add_lora(adapter_for(model_dir).load(str(model_dir), torch.float32), LoraSettings(rank=4))
+    both = add_lora(
+        adapter_for(model_dir).load(str(model_dir), torch.float32), LoraSettings(rank=4, audio=True)
+    )
+    decoder_layers = len(adapter_for(language).decoder(language).layers)
+    assert len(lora_layers(language)) == decoder_layers * 7  # q, k, v, o, gate, up, down
+    audio = [name for name in lora_layers(both) if name not in lora_layers(language)]
+    assert audio and all("audio_tower" in n or "multi_modal_projector" in n for n in audio), audio
+    assert not any(n.startswith("visual") for n in lora_layers(both))
+
+
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+def test_learner_logprobs_equal_the_models_forward(family, family_dirs):
+    """Omni's encoder runs on each clip's real frames in 2 s chunks; AF3 cuts 40 s into 2 windows."""
     from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
 
-    processor = AutoProcessor.from_pretrained(af3_dir)
-    model = adapter_for(af3_dir).load(str(af3_dir), torch.float32).eval()
+    model_dir = family_dirs[family]
+    processor = load_processor(model_dir)
+    model = adapter_for(model_dir).load(str(model_dir), torch.float32).eval()
     rng = np.random.default_rng(0)
-    waves = [0.1 * rng.standard_normal(16000 * s).astype(np.float32) for s in (2, 40)]  # 40 s: 2 windows
+    waves = [0.1 * rng.standard_normal(16000 * s).astype(np.float32) for s in (2, 40)]
     encoded = encode_questions(processor, [("Is the tone high or low?", ["high", "low"])] * 2, waves)
-    assert encoded.windows == [1, 2] and encoded.input_features.shape[0] == 3
+    assert encoded.windows == ([1, 2] if family == "audioflamingo3" else [1, 1])
     tokenizer, end = processor.tokenizer, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    completions = [tokenizer("<answer>high</answer>").input_ids + [end]] * 2
+    completions = [tokenizer("<answer>high</answer>").input_ids + [end], tokenizer("<answer>low").input_ids]
     rows = build_rows(encoded.prompt_ids, completions, [0, 1], tokenizer.pad_token_id, [end])
+    mask_key = adapter_for(model).feature_mask_key
     with torch.no_grad():
         ours = completion_logprobs(model, rows, audio_embeddings(model, *encoded.audio([0, 1])))
         for q in (0, 1):
@@ -75,16 +141,15 @@ def test_af3_learner_logprobs_equal_the_models_forward_with_long_clips_in_window
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 input_features=features,
-                input_features_mask=mask,
+                **{mask_key: mask},
             ).logits[0, len(encoded.prompt_ids[q]) - 1 : -1]
-            theirs = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completions[q])[:, None])[
-                :, 0
-            ]
-            assert torch.allclose(ours[q, : len(completions[q])], theirs, atol=1e-5)
+            theirs = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completions[q])[:, None])
+            assert torch.allclose(ours[q, : len(completions[q])], theirs[:, 0], atol=1e-5)
 
 
 @pytest.mark.slow
-def test_af3_greedy_output_in_vllm_equals_transformers(af3_dir, tmp_path):
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+def test_greedy_output_in_vllm_equals_transformers(family, family_dirs, tmp_path):
     import soundfile as sf
     from helpers import tone
 
@@ -103,35 +168,40 @@ def test_af3_greedy_output_in_vllm_equals_transformers(af3_dir, tmp_path):
     sampling = SamplingConfig(max_tokens=16)
     # The engine core in its own process: in this one it would set up torch.distributed, which
     # later tests' learners set up themselves.
-    worker = RolloutWorker(str(af3_dir), EngineConfig(dtype="float32", in_process=False))
+    model_dir = family_dirs[family]
+    worker = RolloutWorker(str(model_dir), EngineConfig(dtype="float32", in_process=False))
     ours = [r.completions[0].token_ids for r in worker.generate(questions, sampling, greedy=True)]
     worker.llm.llm_engine.engine_core.shutdown()
     del worker
-    from transformers import AutoProcessor
-
-    model = adapter_for(af3_dir).load(str(af3_dir), torch.float32).eval()
+    model = adapter_for(model_dir).load(str(model_dir), torch.float32).eval()
     texts = [(q.question, q.choices) for q in questions]
     waves = [load_audio(q.audio_path) for q in questions]
-    theirs = hf_generate(model, AutoProcessor.from_pretrained(af3_dir), texts, waves, sampling, greedy=True)
+    theirs = hf_generate(model, load_processor(model_dir), texts, waves, sampling, greedy=True)
     assert ours == [g[0] for g in theirs]
 
 
 @pytest.mark.slow
-def test_af3_trains_serves_live_and_serves_its_checkpoint(service_env, tmp_path):
-    """The embedded default on Audio Flamingo 3's architecture (tiny-cpu-af3) with `--serve`: the
-    live endpoint answers during training; held-out accuracy leaves chance; the checkpoint loads
-    in transformers as AF3 and `serve` answers from it."""
+@pytest.mark.parametrize(
+    "preset, model_class",
+    [
+        ("tiny-cpu-af3", "AudioFlamingo3ForConditionalGeneration"),
+        ("tiny-cpu-omni", "Qwen2_5OmniThinkerForConditionalGeneration"),
+    ],
+)
+def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class, service_env, tmp_path):
+    """The embedded default on another family's architecture (tiny-cpu-af3, tiny-cpu-omni) with
+    `--serve`: the live endpoint answers during training; held-out accuracy leaves chance; the
+    checkpoint loads in transformers as the family's class and `serve` answers from it."""
     import httpx
     from helpers import FORM, start_server, wait_for
     from helpers import wav_bytes as wav
-    from transformers import AudioFlamingo3ForConditionalGeneration
 
     from cli.main import train_command
     from cluster.network import free_port
 
-    run_dir = tmp_path / "af3"
+    run_dir = tmp_path / "run"
     serve = ("--serve", "--serve-port", str(free_port()))
-    command = train_command(run_dir, config="tiny-cpu-af3", max_steps=60, extra=(*FAST, *serve))
+    command = train_command(run_dir, config=preset, max_steps=60, extra=(*FAST, *serve))
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -148,7 +218,7 @@ def test_af3_trains_serves_live_and_serves_its_checkpoint(service_env, tmp_path)
     assert [r["step"] for r in records] == list(range(1, 61))
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0, records[-1]  # chance: 50
     checkpoint = run_dir / "checkpoints" / "step-60"
-    AudioFlamingo3ForConditionalGeneration.from_pretrained(checkpoint)
+    assert type(adapter_for(checkpoint).load(str(checkpoint), torch.float32)).__name__ == model_class
     server, url = start_server(["--model", str(checkpoint), "--dtype", "float32"], env=service_env)
     try:
         answer = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=120)
@@ -160,15 +230,16 @@ def test_af3_trains_serves_live_and_serves_its_checkpoint(service_env, tmp_path)
 
 
 @pytest.mark.slow
-def test_af3_sft_learns_and_resumes_from_its_checkpoint(service_env, tmp_path):
-    """`sft` on a tiny AF3 built for it (model.family): held-out accuracy leaves chance; `--resume`
-    continues from the step-20 checkpoint to step 30 with each step logged once."""
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+def test_family_sft_learns_and_resumes_from_its_checkpoint(family, service_env, tmp_path):
+    """`sft` on a tiny model of the family built for it (model.family): held-out accuracy leaves
+    chance; `--resume` continues from the step-20 checkpoint to step 30 with each step logged once."""
     from cli.main import cli_command
 
     run_dir = tmp_path / "sft"
     first = cli_command(
         "sft", "--config", "tiny-cpu-sft", "--run-dir", str(run_dir), "--max-steps", "20", "--no-progress",
-        "--set", f"model.path={tmp_path / 'model'}", "--set", "model.family=audioflamingo3",
+        "--set", f"model.path={tmp_path / 'model'}", "--set", f"model.family={family}",
         "--set", "train.eval_every=10", "--set", "train.save_every=10",
     )  # fmt: skip
     resume = cli_command("sft", "--resume", str(run_dir), "--max-steps", "30", "--no-progress")
@@ -179,4 +250,4 @@ def test_af3_sft_learns_and_resumes_from_its_checkpoint(service_env, tmp_path):
     assert [r["step"] for r in records] == list(range(1, 31))
     assert records[-1]["data_position"] == 240
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0  # chance: 50
-    assert adapter_for(run_dir / "checkpoints" / "step-30") is FAMILIES["audioflamingo3"]
+    assert adapter_for(run_dir / "checkpoints" / "step-30") is FAMILIES[family]

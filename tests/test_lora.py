@@ -8,8 +8,9 @@ import copy
 import torch
 from helpers import batch_rows, make_learner, pitch_batch
 
+from families import adapter_for
 from learner.config import LoraSettings
-from learner.hf_format import published_name, published_state
+from learner.hf_format import published_state
 from learner.lora import adapters_disabled, lora_layers
 from learner.policy import audio_embeddings, completion_logprobs, encode_questions
 
@@ -48,7 +49,7 @@ def test_lora_trains_adapters_only_against_the_base_as_reference(tiny_model_dir)
     for layer in lora_layers(merged).values():
         layer.merge()
     expected = {
-        published_name(name.replace(".base_layer.", "."), merged): t
+        adapter_for(merged).published_name(name.replace(".base_layer.", ".")): t
         for name, t in merged.state_dict().items()
         if ".lora_" not in name
     }

@@ -17,11 +17,17 @@ def test_qwen2_audio_7b_shape_from_its_bundled_config():
     assert 8.39e9 < shape.params < 8.41e9 and shape.vocab == 156032 and shape.audio_tokens == 750
 
 
+def test_qwen2_5_omni_7b_shape_is_its_thinker_with_the_vision_tower_frozen():
+    shape = model_shape("/models/Qwen2.5-Omni-7B")  # the full omni config: the thinker's shape
+    assert 8.9e9 < shape.params < 9.0e9 and shape.vocab == 152064 and shape.audio_layers == 32
+    assert 0.6e9 < shape.frozen < 0.7e9  # the vision tower: not trained, no optimizer state
+
+
 @pytest.mark.parametrize(
     ("preset", "nodes", "gpu_gib"),
     [("r1-aqa", 1, 80), ("r1-aqa-h200", 1, 141), ("r1-aqa-2node", 2, 80)]
     + [("r1-aqa-think", 1, 80), ("r1-aqa-sft-full", 1, 80), ("r1-aqa-sft-lora", 1, 80)]
-    + [("r1-aqa-af3", 1, 80)],
+    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80)],
 )
 def test_gpu_presets_fit_the_hardware_they_name(preset, nodes, gpu_gib):
     config = load_config(preset)

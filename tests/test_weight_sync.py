@@ -140,13 +140,14 @@ def test_policy_source_streams_whole_tensors_group_by_group_under_zero3(tiny_mod
     before the next: the source never holds more than a group."""
     import torch
 
-    from learner.hf_format import published_name
+    from families import adapter_for
     from learner.weight_source import PolicySource
 
     learner = make_learner(tiny_model_dir, zero_stage=3)
     with learner.gathered():
         whole = {
-            published_name(n, learner.model): p.detach().clone() for n, p in learner.model.named_parameters()
+            adapter_for(learner.model).published_name(n): p.detach().clone()
+            for n, p in learner.model.named_parameters()
         }
     group_bytes = 64 * 1024
     source = PolicySource(learner, torch.float32, group_bytes)
