@@ -22,8 +22,16 @@ __all__ = [
     "ModelAdapter",
     "adapter_for",
     "family_named",
+    "install_runtime_support",
     "load_processor",
 ]
+
+
+def install_runtime_support() -> None:
+    """Every family's process-wide fixes (Qwen2.5-Omni without torchvision); vLLM's processes run
+    this through our plugin, before any model is inspected."""
+    for adapter in ADAPTERS:
+        adapter.install_runtime_support()
 
 
 def load_processor(model_dir: str | Path) -> Any:

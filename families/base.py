@@ -45,6 +45,10 @@ class ModelAdapter:
     unused_modules: tuple[str, ...] = ()
 
     # -- loading ---------------------------------------------------------------------------------
+    def install_runtime_support(self) -> None:
+        """Process-wide fixes this family's libraries need before a model or processor loads
+        (none here; `families.install_runtime_support` runs every family's)."""
+
     def model_class(self) -> type:
         raise NotImplementedError
 

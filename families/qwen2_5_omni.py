@@ -44,6 +44,9 @@ class Qwen2_5Omni(ModelAdapter):  # noqa: N801 (the model's own name)
     lora_language = r"(.*\.)?model\.layers\.\d+\.(self_attn|mlp)\.({})"
     lora_audio = r".*audio_tower\.(layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)|proj)"
 
+    def install_runtime_support(self) -> None:
+        omni_compat.install()
+
     def model_class(self) -> type:
         omni_compat.install()
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration

@@ -59,10 +59,10 @@ class _KeptLayersFilter(logging.Filter):
 
 def register() -> None:
     """vLLM general-plugin entry point, run in every vLLM process: add the gloo engines to vLLM's
-    registries; let Qwen2.5-Omni load without torchvision (`families/omni_compat.py`). Idempotent."""
-    from families import omni_compat
+    registries; each model family's process-wide fixes (Qwen2.5-Omni without torchvision). Idempotent."""
+    from families import install_runtime_support
 
-    omni_compat.install()
+    install_runtime_support()
     reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     if not any(isinstance(f, _KeptLayersFilter) for f in reload_log.filters):
         reload_log.addFilter(_KeptLayersFilter())
