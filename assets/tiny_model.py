@@ -223,19 +223,17 @@ def _builders() -> dict:
     }
 
 
-FAMILIES = ("qwen2-audio", "qwen2.5-omni", "audioflamingo3")
-
-
 def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: str = "qwen2-audio") -> Path:
     """Build and write the checkpoint folder atomically (a temp folder renamed into place)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {list(SIZES)}")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; known: {list(FAMILIES)}")
+    builders = _builders()
+    if family not in builders:
+        raise ValueError(f"unknown family {family!r}; known: {list(builders)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    make_processor, make_model, named_tokens = _builders()[family]
+    make_processor, make_model, named_tokens = builders[family]
     processor = make_processor(build_tokenizer(SIZES[size]["vocab"], named_tokens))
     model = make_model(SIZES[size], processor.tokenizer, seed)
     widen_audio_weights(model, seed)

@@ -48,7 +48,7 @@ class Qwen2_5Omni(ModelAdapter):  # noqa: N801 (the model's own name)
         omni_compat.install()
 
     def model_class(self) -> type:
-        omni_compat.install()
+        self.install_runtime_support()
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
         return Qwen2_5OmniThinkerForConditionalGeneration
@@ -57,7 +57,7 @@ class Qwen2_5Omni(ModelAdapter):  # noqa: N801 (the model's own name)
         return getattr(config, "thinker_config", config)  # a full omni config holds the thinker's
 
     def load_processor(self, path):
-        omni_compat.install()
+        self.install_runtime_support()
         return super().load_processor(path)
 
     def decoder(self, model) -> torch.nn.Module:
