@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from rollout.audio import SAMPLE_RATE
 
@@ -163,6 +162,8 @@ def make_items(
 ) -> list[dict]:
     """Render `n` clips and return their AVQA records (audio paths relative to audio_dir's parent);
     `shifted`: the out-of-distribution wording and sounds."""
+    import soundfile as sf  # here, not at import: the tiny builders read TASKS on machines without it
+
     rng = np.random.default_rng(seed)
     audio_dir.mkdir(parents=True, exist_ok=True)
     # Cycle (task, class, position) so classes and answer positions come out balanced.

@@ -13,7 +13,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from assets.tiny_model import chat_generation_config, decoder_config, encoder_config, whisper_features
+from assets.tiny_parts import chat_generation_config, decoder_config, encoder_config, whisper_features
 
 SOUND = "<sound>"
 MAX_AUDIO_SECONDS = 60

@@ -1,10 +1,12 @@
-"""Build a Qwen2-Audio checkpoint offline: random weights, own tokenizer, own processor.
+"""Build a model checkpoint offline (`make_tiny`): random weights, own tokenizer, own processor.
 
-No model hub is reachable here, so tests and the embedded default run on a model we make:
-the real Qwen2-Audio architecture (Whisper-style audio encoder, projector, Qwen2 decoder) at a
-small size, with a byte-level BPE tokenizer trained on the project's prompt vocabulary, all of
-Qwen2-Audio's special tokens, its chat template, and a 128-bin Whisper feature extractor. The
-folder loads exactly like the published checkpoints in transformers and vLLM.
+No model hub is reachable here, so tests and the embedded default run on a model we make: a
+supported family's real architecture (Qwen2-Audio by default; Qwen2.5-Omni's thinker, Audio
+Flamingo 3) at a small size, with a byte-level BPE tokenizer trained on the project's prompt
+vocabulary, the family's special tokens and chat template, and a 128-bin Whisper feature
+extractor. The folder loads exactly like the published checkpoints in transformers and vLLM.
+This module is the family dispatch: the builders (`tiny_<family>.py`) and their shared parts
+(`tiny_parts.py`) never import it.
 
 Sizes: `tiny` (about 0.6 M parameters, for tests) and `small` (about 40 M, for benchmarks).
 The same seed gives the same files.
@@ -15,227 +17,33 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer
-from transformers import (
-    GenerationConfig,
-    Qwen2AudioConfig,
-    Qwen2AudioForConditionalGeneration,
-    Qwen2AudioProcessor,
-    Qwen2Tokenizer,
-    WhisperFeatureExtractor,
-)
-
-from assets.synthetic import TASKS
-from assets.warm_start import warm_start_target
+from assets import tiny_audioflamingo3, tiny_qwen2_5_omni, tiny_qwen2_audio
+from assets.tiny_parts import SIZES, build_tokenizer, parameter_count, widen_audio_weights
 from learner.hf_format import save_hf_folder
-from rollout.audio import SAMPLE_RATE
-from rollout.prompt import prompt_text
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|audio_bos|>",
-    "<|AUDIO|>",
-    "<|audio_eos|>",
-]
+__all__ = ["BUILDERS", "SIZES", "make_tiny", "parameter_count"]
 
-# Qwen2-Audio-7B-Instruct's chat template.
-CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
-    "<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n{% elif 'text' in content %}"
-    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-SIZES = {
-    "tiny": dict(
-        vocab=640,
-        audio=dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128),
-        text=dict(
-            hidden_size=128,
-            intermediate_size=192,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        ),
-    ),
-    "small": dict(
-        vocab=4096,
-        audio=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
-        text=dict(
-            hidden_size=512,
-            intermediate_size=1536,
-            num_hidden_layers=8,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-        ),
-    ),
-    # About 100M parameters (400 MB in float32): benchmarks only (weight transfer at a few hundred MB).
-    "medium": dict(
-        vocab=4096,
-        audio=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
-        text=dict(
-            hidden_size=1024,
-            intermediate_size=2048,
-            num_hidden_layers=10,
-            num_attention_heads=16,
-            num_key_value_heads=4,
-        ),
-    ),
+# family -> its builder module: `build_processor(tokenizer)`, `build_model(size spec, tokenizer,
+# seed)`, and `NAMED` (special tokens the tokenizer exposes by name) where the family has some.
+BUILDERS = {
+    "qwen2-audio": tiny_qwen2_audio,
+    "qwen2.5-omni": tiny_qwen2_5_omni,
+    "audioflamingo3": tiny_audioflamingo3,
 }
-
-# A few generic audio-QA words beyond the synthetic tasks (MMAU-style questions tokenise shorter).
-_GENERAL_TEXT = (
-    "What is the main sound source in the audio? Which instrument is playing? What emotion does the "
-    "speaker convey? How many people are speaking? What genre is the music? Identify the sound event. "
-    "Is the speaker male or female? What is the tempo of the music? Where was this recorded? "
-    "The answer is in the audio clip. I think the correct option is"
-)
-
-
-def tokenizer_corpus() -> list[str]:
-    """Text the BPE tokenizer is trained on: every prompt and answer the project renders."""
-    corpus = [_GENERAL_TEXT, "system\nYou are a helpful assistant.\nuser\nAudio 1: \nassistant\n"]
-    for task in TASKS.values():
-        choices = task.classes
-        for thinking in (False, True):
-            corpus.append(prompt_text(task.question, choices, thinking=thinking))
-        for choice in choices:
-            corpus += [warm_start_target(choice, thinking=False), warm_start_target(choice, thinking=True)]
-    return corpus * 20  # repetition lets the frequent prompt words merge into single tokens
-
-
-def build_tokenizer(vocab_size: int, named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
-    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `tokenizer_corpus()`.
-
-    `named_tokens` ({"image_token": "<|IMAGE|>", ...}) adds special tokens that the tokenizer
-    also exposes by name (processors such as Qwen2.5-Omni's read `tokenizer.image_token`)."""
-    named_tokens = named_tokens or {}
-    specials = SPECIAL_TOKENS + [t for t in named_tokens.values() if t not in SPECIAL_TOKENS]
-    # An empty Qwen2 tokenizer carries Qwen2's pre-tokeniser and decoder; train its vocabulary anew.
-    base = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
-    trained = base.train_new_from_iterator(
-        tokenizer_corpus(), vocab_size=vocab_size, new_special_tokens=specials
-    )
-    backend: Tokenizer = trained.backend_tokenizer
-    tokenizer = Qwen2Tokenizer(
-        vocab=backend.get_vocab(),
-        merges=[
-            tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in _merges_of(backend)
-        ],
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        **named_tokens,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def _merges_of(backend: Tokenizer) -> list:
-    import json
-
-    return json.loads(backend.to_str())["model"]["merges"]
-
-
-def whisper_features() -> WhisperFeatureExtractor:
-    """128 mel bins at 16 kHz in 30 s windows, as every supported family's processor has."""
-    return WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30, n_fft=400
-    )
-
-
-def encoder_config(spec: dict, model_type: str) -> dict:
-    return dict(model_type=model_type, num_mel_bins=128, max_source_positions=1500, **spec["audio"])
-
-
-def decoder_config(spec: dict, tokenizer: Qwen2Tokenizer) -> dict:
-    """The Qwen2 decoder every supported family uses, at the size `spec` names."""
-    return dict(
-        model_type="qwen2",
-        vocab_size=len(tokenizer),
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        rope_theta=1e6,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        **spec["text"],
-    )
-
-
-def chat_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
-    """Generation ends at <|im_end|> (or padding), greedy unless asked."""
-    return GenerationConfig(
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
-
-
-def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2AudioProcessor:
-    return Qwen2AudioProcessor(
-        feature_extractor=whisper_features(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
-    )
-
-
-def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2AudioForConditionalGeneration:
-    config = Qwen2AudioConfig(
-        audio_config=encoder_config(spec, "qwen2_audio_encoder"),
-        text_config=decoder_config(spec, tokenizer),
-        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config).eval()
-    model.generation_config = chat_generation_config(tokenizer)
-    return model
-
-
-def widen_audio_weights(model: torch.nn.Module, seed: int) -> None:
-    """A randomly initialised Whisper encoder maps all sines to nearly the same feature (cosine
-    0.999, STACK.md), so nothing can learn from the audio. Wider weights separate the classes."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            audio = "audio_tower" in name or "multi_modal_projector" in name
-            if audio and isinstance(module, torch.nn.Linear | torch.nn.Conv1d):
-                module.weight.normal_(0.0, 0.1, generator=generator)
-
-
-def _builders() -> dict:
-    """family -> (processor from a tokenizer, model from a size spec, tokenizer and seed,
-    the tokenizer's named special tokens)."""
-    from assets import tiny_audioflamingo3 as af3
-    from assets import tiny_qwen2_5_omni as omni
-
-    return {
-        "qwen2-audio": (build_processor, build_model, {}),
-        "qwen2.5-omni": (omni.build_processor, omni.build_model, omni.NAMED),
-        "audioflamingo3": (af3.build_processor, af3.build_model, {}),
-    }
 
 
 def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: str = "qwen2-audio") -> Path:
     """Build and write the checkpoint folder atomically (a temp folder renamed into place)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {list(SIZES)}")
-    builders = _builders()
-    if family not in builders:
-        raise ValueError(f"unknown family {family!r}; known: {list(builders)}")
+    if family not in BUILDERS:
+        raise ValueError(f"unknown family {family!r}; known: {list(BUILDERS)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    make_processor, make_model, named_tokens = builders[family]
-    processor = make_processor(build_tokenizer(SIZES[size]["vocab"], named_tokens))
-    model = make_model(SIZES[size], processor.tokenizer, seed)
+    builder = BUILDERS[family]
+    processor = builder.build_processor(build_tokenizer(SIZES[size]["vocab"], getattr(builder, "NAMED", {})))
+    model = builder.build_model(SIZES[size], processor.tokenizer, seed)
     widen_audio_weights(model, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -246,7 +54,3 @@ def make_tiny(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: st
         out.rmdir()
     staging.rename(out)
     return out
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -14,7 +14,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from assets.tiny_model import chat_generation_config, decoder_config, encoder_config, whisper_features
+from assets.tiny_parts import chat_generation_config, decoder_config, encoder_config, whisper_features
 from families import omni_compat
 from families.qwen2_5_omni import NAMED_TOKENS
 

@@ -33,8 +33,9 @@ def measure(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
     import torch
 
     from cluster.network import free_port
+    from learner.batch import LearnerBatch
     from learner.config import LearnerConfig, LoraSettings, ParallelConfig
-    from learner.learner import Learner, LearnerBatch
+    from learner.learner import Learner
     from learner.lora import engine_weights
     from rollout.sampling import SamplingConfig
 
@@ -76,7 +77,8 @@ def measure(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
 
 def estimate(model_dir: str, completion_tokens: int, lora_rank: int = 0) -> dict:
     from cluster.config import load_config
-    from cluster.plan import learner_needs, model_shape
+    from cluster.plan_learner import learner_needs
+    from cluster.plan_units import model_shape
 
     config = load_config(
         "tiny-cpu",

@@ -1,1 +1,3 @@
-"""The `audio-grpo` command line: above cluster/, deploy/ and assets/, it wires them together."""
+"""The `audio-grpo` command line, on top of everything: it wires the service, serving and the
+asset builders together. May import every other folder: cluster, deploy, assets, learner, rollout,
+reward and families."""

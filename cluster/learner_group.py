@@ -11,7 +11,7 @@ import ray
 from cluster.actors import LearnerActor
 from cluster.config import RunConfig, learner_config
 from cluster.placement import Placement, address_in_bundle
-from learner.learner import LearnerBatch
+from learner.batch import LearnerBatch
 
 
 def _answer(_actor) -> bool:

@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-# Metric name -> description; each becomes the Ray gauge `audio_grpo_<name>`.
+# Metric name -> description; each becomes the Ray gauge `audio_grpo_<name>`, which a node's Prometheus
+# endpoint exports as `ray_audio_grpo_<name>` (Ray prefixes application metrics).
 GAUGES = {
     "reward_mean": "mean total reward of the step's completions",
     "accuracy": "fraction of completions whose answer is right",

@@ -1,5 +1,6 @@
 """Model families: one adapter each (`families/base.py` says what an adapter holds), chosen from a
-checkpoint's config.json `model_type`."""
+checkpoint's config.json `model_type`. May import nothing of the project (torch and transformers
+only)."""
 
 from __future__ import annotations
 

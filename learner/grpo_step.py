@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from learner.batch import LearnerBatch
 from learner.grpo import group_advantages
-from learner.learner import LearnerBatch
 from reward.rewards import RewardScore, summarize_scores
 from rollout.audio import load_audio
 from rollout.question import AudioQuestion, RolloutResult

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from families import adapter_for, load_processor
+from learner.batch import LearnerBatch, MicroBatch, micro_batches
 from learner.config import LearnerConfig
 from learner.deepspeed_setup import (
     build_reference,
@@ -26,38 +27,14 @@ from learner.deepspeed_setup import (
     lr_lambda,
     zero3_loading,
 )
-from learner.grpo import grpo_loss
-from learner.policy import CompletionScorer, build_rows, encode_questions
+from learner.grpo_update import grpo_update
+from learner.policy import CompletionScorer, EncodedQuestions, encode_questions
+from learner.sft import sft_step
 
-
-@dataclass
-class LearnerBatch:
-    """One rank's share of a step: questions (text, choices, 16 kHz audio) and their completions."""
-
-    questions: list[tuple[str, list[str]]]
-    waveforms: list[np.ndarray]
-    completions: list[list[int]]  # token ids, grouped: completions of question q are consecutive
-    question_index: list[int]  # completion -> index into questions
-    advantages: list[float]  # one per completion
-    # The sampling policy's log-prob of each completion token (from the rollout engine). Given, it is
-    # the ratio's denominator: the off-policy correction for rollouts made one update behind.
-    behaviour_logprobs: list[list[float]] | None = None
-
-    def shard(self, rank: int, world_size: int) -> LearnerBatch:
-        """This rank's questions (a contiguous slice) with all their completions."""
-        n = len(self.questions)
-        if n % world_size:
-            raise ValueError(f"{n} questions do not split evenly over {world_size} learner ranks")
-        lo, hi = rank * n // world_size, (rank + 1) * n // world_size
-        rows = [i for i, q in enumerate(self.question_index) if lo <= q < hi]
-        return LearnerBatch(
-            self.questions[lo:hi],
-            self.waveforms[lo:hi],
-            [self.completions[i] for i in rows],
-            [self.question_index[i] - lo for i in rows],
-            [self.advantages[i] for i in rows],
-            [self.behaviour_logprobs[i] for i in rows] if self.behaviour_logprobs else None,
-        )
+# Where an update's time goes, reported per step as learner_<phase>_s: the no-grad passes (the
+# reference's, and the old policy's with several updates per batch), the policy's forward with its
+# loss, backward, and the optimizer step (with the gradient norm and clipping).
+PHASES = ("reference", "forward", "backward", "optimizer")
 
 
 class Learner:
@@ -137,6 +114,7 @@ class Learner:
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.step = 0
+        self.phases: dict[str, float] = {}  # seconds per phase of the current update
         self._sender = None  # the weight transfer's trainer engine (init_weight_transfer)
 
     @property
@@ -188,154 +166,84 @@ class Learner:
                 for weight in group:
                     yield weight.name, weight.value()
 
-    def _micro_batches(self, batch: LearnerBatch) -> list[list[int]]:
-        """Question indices per micro-batch."""
-        size = self.config.parallel.micro_batch_questions
-        n = len(batch.questions)
-        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    # -- the pieces of one update (`learner/grpo_update.py`, `learner/sft.py`) -----------------------
 
-    @staticmethod
-    def _picked(batch: LearnerBatch, questions: list[int]) -> list[int]:
-        """Indices of these questions' completions, in batch order (the rows' order)."""
-        return [i for i, q in enumerate(batch.question_index) if q in questions]
-
-    def _rows(self, batch: LearnerBatch, encoded, questions: list[int]):
-        picked = self._picked(batch, questions)
-        local = {q: j for j, q in enumerate(questions)}
-        rows = build_rows(
-            [encoded.prompt_ids[q] for q in questions],
-            [batch.completions[i] for i in picked],
-            [local[batch.question_index[i]] for i in picked],
-            self.pad_id,
-            self.eos_ids,
-        )
-        advantages = torch.tensor([batch.advantages[i] for i in picked], dtype=torch.float32)
-        return rows, advantages
-
-    def _behaviour(self, batch: LearnerBatch, questions: list[int], width: int) -> torch.Tensor | None:
-        """The rollout engine's log-probs for these questions' rows, padded like the rows: [N, T]."""
-        if not batch.behaviour_logprobs:
-            return None
-        picked = self._picked(batch, questions)
-        out = torch.zeros(len(picked), width)
-        for row, i in enumerate(picked):
-            values = batch.behaviour_logprobs[i]
-            if len(values) != len(batch.completions[i]):
-                raise ValueError(
-                    f"completion {i}: {len(values)} log-probs for {len(batch.completions[i])} tokens"
-                )
-            out[row, : len(values)] = torch.tensor(values)
-        return out
-
-    @staticmethod
-    def _logprobs(scorer, rows, encoded, questions: list[int]) -> torch.Tensor:
-        """Through the scorer's (the DeepSpeed engine's) forward: one root forward per micro-batch."""
-        return scorer(rows, *encoded.audio(questions))
-
-    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
-        """One GRPO update (or `updates_per_batch` of them) on this rank's share of the batch."""
-        cfg = self.config.loss
-        if not batch.completions:
-            raise ValueError("empty batch")
-        encoded = encode_questions(
+    def encode(self, batch: LearnerBatch) -> EncodedQuestions:
+        """The batch's prompts (the run's prompt style) and audio features, each question once."""
+        return encode_questions(
             self.processor, batch.questions, batch.waveforms, thinking=self.config.prompt.thinking
         )
-        micro = self._micro_batches(batch)
-        prepared = [(q, *self._rows(batch, encoded, q)) for q in micro]
-        n_responses = sum(rows.completion_ids.size(0) for _, rows, _ in prepared)
-        n_tokens = float(sum(rows.completion_mask.sum() for _, rows, _ in prepared))
-        # dapo divides by the step's tokens on every rank (TRL's num_items_in_batch); DeepSpeed then
-        # averages the ranks' gradients, hence / world_size: ranks with short completions are not
-        # over-weighted.
-        step_tokens = self._sum_over_ranks(n_tokens) / self.world_size
-        self.engine.set_train_batch_size(len(micro) * self.world_size)  # gradient accumulation = len(micro)
-        self.engine.train()
-        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses
 
-        refs, olds = self._fixed_logprobs(batch, encoded, prepared)
-        totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
-        grad_norm = None
-        for _ in range(cfg.updates_per_batch):
-            for i, ((q, rows, advantages), ref, old) in enumerate(zip(prepared, refs, olds, strict=True)):
-                logp = self._logprobs(self.engine, rows, encoded, q)
-                out = grpo_loss(
-                    logp,
-                    ref,
-                    advantages.to(logp.device),
-                    rows.completion_mask.to(logp.device),
-                    old_logp=old.to(logp.device) if old is not None else None,
-                    beta=cfg.beta,
-                    epsilon_low=cfg.epsilon_low,
-                    epsilon_high=cfg.epsilon_high,
-                    loss_type=cfg.loss_type,
-                    max_completion_length=self.config.sampling.max_tokens,
-                    num_items_in_batch=step_tokens,
-                )
-                weight, tokens_share = self._micro_weight(rows, n_responses, n_tokens, len(prepared))
-                self.engine.backward(out.loss * weight, scale_wrt_gas=False)
-                if i == len(prepared) - 1:
-                    grad_norm = self._grad_norm()
-                self.engine.step()
-                totals["loss"] += out.loss.item() * weight / cfg.updates_per_batch
-                totals["kl"] += out.kl * tokens_share / cfg.updates_per_batch
-                totals["clip_ratio"] += out.clip_ratio * tokens_share / cfg.updates_per_batch
+    def micro_batches(self, batch: LearnerBatch, encoded: EncodedQuestions) -> list[MicroBatch]:
+        return micro_batches(
+            batch, encoded, self.config.parallel.micro_batch_questions, self.pad_id, self.eos_ids
+        )
+
+    def logprobs(self, micro: MicroBatch, encoded: EncodedQuestions, scorer=None) -> torch.Tensor:
+        """Completion log-probs [N, T] through `scorer` (default: the policy's DeepSpeed engine),
+        one root forward per micro-batch (what closes ZeRO-3's parameter trace)."""
+        return (scorer or self.engine)(micro.rows, *encoded.audio(micro.questions))
+
+    def reference_logprobs(self, micro: list[MicroBatch], encoded: EncodedQuestions) -> list:
+        """The frozen reference's log-probs per micro-batch (None each when beta is 0): its own
+        model, or with LoRA this policy with its adapters off."""
+        if self.config.loss.beta == 0.0:
+            return [None] * len(micro)
+        if self.reference is not None:
+            return [self.logprobs(m, encoded, self.reference) for m in micro]
+        from learner.lora import adapters_disabled
+
+        with adapters_disabled(self.model):
+            return [self.logprobs(m, encoded) for m in micro]
+
+    def old_logprobs(self, micro: list[MicroBatch], encoded: EncodedQuestions) -> list[torch.Tensor]:
+        """This policy's log-probs before the update (the ratio's denominator for several updates)."""
+        return [self.logprobs(m, encoded) for m in micro]
+
+    def begin_update(self, n_micro: int) -> float:
+        """Gradient accumulation over `n_micro` micro-batches; returns the learning rate it uses."""
+        self.engine.set_train_batch_size(n_micro * self.world_size)
+        self.engine.train()
+        self.phases.clear()
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        with self.phase("backward"):
+            self.engine.backward(loss, scale_wrt_gas=False)  # the loss carries its own weighting
+
+    def optimizer_step(self, last: bool) -> float | None:
+        """DeepSpeed's step (the optimizer runs at the last micro-batch); the pre-clipping gradient
+        norm under ZeRO stage 0 when `last` (other stages report theirs in `finish_update`)."""
+        with self.phase("optimizer"):
+            norm = self._grad_norm() if last else None
+            self.engine.step()
+        return norm
+
+    def finish_update(self, grad_norm: float | None) -> dict[str, float]:
+        """The step count, the gradient norm and where the step's time went (seconds per phase)."""
         self.step += 1
         if self.engine.get_global_grad_norm() is not None:  # ZeRO >= 1 computes it in step()
             grad_norm = float(self.engine.get_global_grad_norm())
         return {
-            **totals,
             "grad_norm": grad_norm if grad_norm is not None else float("nan"),
-            "lr": lr,
-            "responses": n_responses,
-            "tokens": n_tokens,
             "step": self.step,
+            **{f"learner_{name}_s": self.phases.get(name, 0.0) for name in PHASES},
         }
 
-    def sft_step(self, batch: LearnerBatch) -> dict[str, Any]:
-        """One supervised update (the SFT baseline, `learner.sft`)."""
-        from learner.sft import sft_step
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a part of the update into `phases[name]` (the device synchronised at both ends, so
+        the seconds are the work's, not the launch's)."""
+        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        synchronize()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize()
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
 
-        return sft_step(self, batch)
-
-    @torch.no_grad()
-    def _fixed_logprobs(self, batch: LearnerBatch, encoded, prepared) -> tuple[list, list]:
-        """Per micro-batch, the log-probs the update holds fixed: the reference's (for the KL), and
-        the ratio's denominator: the sampling policy's when the rollouts came with them, else this
-        policy before the update (which only matters for several updates per batch)."""
-        refs = [self._reference_logprobs(rows, encoded, q) for q, rows, _ in prepared]
-        olds = [
-            self._behaviour(batch, q, rows.completion_ids.size(1))
-            if batch.behaviour_logprobs
-            else self._logprobs(self.engine, rows, encoded, q)
-            if self.config.loss.updates_per_batch > 1
-            else None
-            for q, rows, _ in prepared
-        ]
-        return refs, olds
-
-    def _reference_logprobs(self, rows, encoded, questions: list[int]) -> torch.Tensor | None:
-        """The frozen reference's log-probs: its own model, or with LoRA this policy's adapters off."""
-        if self.config.loss.beta == 0.0:
-            return None
-        if self.reference is not None:
-            return self._logprobs(self.reference, rows, encoded, questions)
-        from learner.lora import adapters_disabled
-
-        with adapters_disabled(self.model):
-            return self._logprobs(self.engine, rows, encoded, questions)
-
-    def _micro_weight(self, rows, n_responses: int, n_tokens: float, n_micro: int) -> tuple[float, float]:
-        """(loss weight, token share) of one micro-batch, as TRL weighs them: grpo and dr_grpo per
-        response; bnpo each micro-batch's own token mean, averaged over the micro-batches (so it
-        depends on the micro-batch size, as TRL documents); dapo already divided by the step's
-        tokens (`num_items_in_batch`)."""
-        tokens_share = float(rows.completion_mask.sum()) / max(n_tokens, 1.0)
-        loss_type = self.config.loss.loss_type
-        if loss_type in ("grpo", "dr_grpo"):
-            return rows.completion_ids.size(0) / n_responses, tokens_share
-        return (1.0 / n_micro if loss_type == "bnpo" else 1.0), tokens_share
-
-    def _sum_over_ranks(self, value: float) -> float:
+    def sum_over_ranks(self, value: float) -> float:
         if self.world_size == 1:
             return value
         import torch.distributed as dist
@@ -354,6 +262,14 @@ class Learner:
             if grads
             else 0.0
         )
+
+    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+        """One GRPO update on this rank's share of the batch (`learner/grpo_update.py`)."""
+        return grpo_update(self, batch)
+
+    def sft_step(self, batch: LearnerBatch) -> dict[str, Any]:
+        """One supervised update (the SFT baseline, `learner/sft.py`)."""
+        return sft_step(self, batch)
 
     # -- weight transfer to the rollout pool (vLLM's trainer engines; rank 0 sends) ------------------
 

@@ -4,8 +4,9 @@ with `prompt.thinking`).
 
 `sft_batch` makes a `LearnerBatch` with one completion per question, the target's tokens (plus the
 end token), and `sft_step` takes one update on it with the learner's own DeepSpeed engine and
-log-prob path (so audio is encoded and prompts run exactly as in GRPO). The loss is the mean
-negative log-likelihood of the target tokens over the step's tokens on all ranks.
+log-prob path (so audio is encoded and prompts run exactly as in GRPO, in the run's prompt
+style). The loss is the mean negative log-likelihood of the target tokens over the step's tokens
+on all ranks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.learner import Learner, LearnerBatch
+from learner.batch import LearnerBatch
 from reward.rewards import rewarded_response
 from rollout.audio import load_audio
 from rollout.question import AudioQuestion
@@ -56,37 +57,25 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, step_tokens: float) -> torc
     return -(logp * mask).sum() / max(step_tokens, 1.0)
 
 
-def sft_step(learner: Learner, batch: LearnerBatch) -> dict[str, Any]:
-    """One supervised update on this rank's share of the batch (micro-batched like GRPO)."""
-    from learner.policy import encode_questions
+def sft_step(learner: Any, batch: LearnerBatch) -> dict[str, Any]:
+    """One supervised update on this rank's share of the batch (micro-batched like GRPO).
 
+    `learner` is a `learner.learner.Learner` (its public step pieces, as `learner/grpo_update.py`
+    uses them); this module does not import it."""
     if learner.config.sampling.temperature != 1.0:
         raise ValueError("SFT takes log-probs at temperature 1: set sampling.temperature: 1.0")
-    encoded = encode_questions(learner.processor, batch.questions, batch.waveforms)
-    micro = learner._micro_batches(batch)
-    prepared = [(q, learner._rows(batch, encoded, q)[0]) for q in micro]
-    n_tokens = float(sum(rows.completion_mask.sum() for _, rows in prepared))
+    encoded = learner.encode(batch)
+    micro = learner.micro_batches(batch, encoded)
+    n_tokens = sum(m.tokens for m in micro)
     # DeepSpeed averages the ranks' gradients: each rank divides by the mean tokens per rank.
-    step_tokens = learner._sum_over_ranks(n_tokens) / learner.world_size
-    learner.engine.set_train_batch_size(len(micro) * learner.world_size)
-    learner.engine.train()
-    lr = float(learner.optimizer.param_groups[0]["lr"])
+    step_tokens = learner.sum_over_ranks(n_tokens) / learner.world_size
+    lr = learner.begin_update(len(micro))
     loss_total, grad_norm = 0.0, None
-    for i, (q, rows) in enumerate(prepared):
-        logp = learner._logprobs(learner.engine, rows, encoded, q)
-        loss = sft_loss(logp, rows.completion_mask.to(logp.device), step_tokens)
-        learner.engine.backward(loss, scale_wrt_gas=False)
-        if i == len(prepared) - 1:
-            grad_norm = learner._grad_norm()
-        learner.engine.step()
+    for i, m in enumerate(micro):
+        with learner.phase("forward"):
+            logp = learner.logprobs(m, encoded)
+            loss = sft_loss(logp, m.rows.completion_mask.to(logp.device), step_tokens)
+        learner.backward(loss)
+        grad_norm = learner.optimizer_step(last=i == len(micro) - 1) or grad_norm
         loss_total += loss.item()
-    learner.step += 1
-    if learner.engine.get_global_grad_norm() is not None:
-        grad_norm = float(learner.engine.get_global_grad_norm())
-    return {
-        "loss": loss_total,
-        "grad_norm": grad_norm if grad_norm is not None else float("nan"),
-        "lr": lr,
-        "tokens": n_tokens,
-        "step": learner.step,
-    }
+    return {"loss": loss_total, **learner.finish_update(grad_norm), "lr": lr, "tokens": n_tokens}

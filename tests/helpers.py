@@ -102,7 +102,7 @@ def batch_rows(learner, batch, encoded):
 
 def pitch_batch(tokenizer, n_questions: int = 2, group: int = 4):
     """A LearnerBatch on the pitch task: completions alternate right/wrong, advantages +1/-1."""
-    from learner.learner import LearnerBatch
+    from learner.batch import LearnerBatch
     from reward.rewards import answer_tag
 
     questions, waves, completions, index, advantages = [], [], [], [], []

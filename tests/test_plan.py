@@ -9,7 +9,9 @@ import torch
 from helpers import make_learner, pitch_batch, run_cli
 
 from cluster.config import ConfigError, load_config
-from cluster.plan import GIB, Hardware, check_fits, learner_needs, make_plan, model_shape
+from cluster.plan import Hardware, check_fits, make_plan
+from cluster.plan_learner import learner_needs
+from cluster.plan_units import GIB, model_shape
 
 
 def test_qwen2_audio_7b_shape_from_its_bundled_config():

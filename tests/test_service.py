@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
         fresh = lambda kind=kind: [p for p in actor_pids(kind) if p not in earlier[kind]]  # noqa: E731
         os.kill(wait_for(fresh, 60, f"a {kind} pid", proc)[-1], signal.SIGKILL)
     exported = wait_for(
-        lambda: "audio_grpo_reward_mean" in (text := prometheus_text(ray_head["metrics"])) and text,
+        lambda: "\nray_audio_grpo_reward_mean{" in (text := prometheus_text(ray_head["metrics"])) and text,
         120,
         "metrics on the Prometheus endpoint",
         proc,
@@ -71,7 +72,9 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
         "policy_version",
         "generated_tokens_per_s",
     ):
-        assert f"audio_grpo_{name}" in exported
+        # The names the README gives for Grafana: Ray exports the gauge `audio_grpo_<name>` with its
+        # own prefix, tagged with the run.
+        assert re.search(rf'^ray_audio_grpo_{name}{{[^}}]*run="', exported, re.M), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rollout_policy_versions"] == [16, 16, 16]  # two workers and the live endpoint
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "tensorboard").iterdir())

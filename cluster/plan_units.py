@@ -1,0 +1,106 @@
+"""What the memory plan (`cluster/plan.py`) counts with: a model's shape (read from its config, no
+weights), a need (bytes, and on the GPU or in host memory), one actor kind's plan."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.config import ConfigError, expand_path
+
+GIB = 2**30
+MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+CUDA_CONTEXT = 1.0 * GIB  # CUDA context, NCCL and allocator slack per GPU process
+PROMPT_TEXT_TOKENS = 160  # chat template, question and up to 8 choices
+PROCESS_HOST = 2.0 * GIB  # a Python process with torch, transformers and vLLM imported
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs to know of a model: parameter counts and the widths that size activations."""
+
+    params: int
+    largest_layer: int  # parameters of the biggest decoder layer or single tensor (ZeRO-3 gathers it)
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+    kv_width: int  # key/value heads x head size
+    audio_hidden: int
+    audio_intermediate: int
+    audio_layers: int
+    audio_positions: int  # encoder positions of a 30 s clip
+    audio_tokens: int  # prompt tokens of a 30 s clip
+    frozen: int = 0  # parameters of modules the family never runs (a vision tower): not trained
+
+
+def _hf_config(model_path: str):
+    from transformers import AutoConfig
+
+    path = expand_path(model_path)
+    if (path / "config.json").is_file():
+        return AutoConfig.from_pretrained(path)
+    bundled = MODEL_CONFIGS / f"{Path(model_path).name}.json"
+    if bundled.is_file():
+        values = {k: v for k, v in json.loads(bundled.read_text()).items() if not k.startswith("_")}
+        return AutoConfig.for_model(**values)
+    known = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.json")))
+    raise ConfigError(f"model.path {model_path}: no config.json there, and no bundled shape ({known})")
+
+
+def model_shape(model_path: str) -> ModelShape:
+    """The shape of the model at `model_path` (built on the meta device: no weights are read)."""
+    import torch
+
+    from families import adapter_for
+
+    checkpoint_config = _hf_config(model_path)
+    adapter = adapter_for(checkpoint_config)
+    config = adapter.trained_config(checkpoint_config)
+    with torch.device("meta"):
+        model = adapter.model_class()(config)
+    text, audio = config.text_config, config.audio_config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    layer = sum(p.numel() for p in adapter.decoder(model).layers[0].parameters())
+    largest = max(p.numel() for p in model.parameters())
+    return ModelShape(
+        params=sum(p.numel() for p in model.parameters()),
+        largest_layer=max(layer, largest),
+        hidden=text.hidden_size,
+        intermediate=text.intermediate_size,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+        kv_width=text.num_key_value_heads * head_dim,
+        audio_hidden=audio.d_model,
+        audio_intermediate=audio.encoder_ffn_dim,
+        audio_layers=audio.encoder_layers,
+        audio_positions=audio.max_source_positions,
+        audio_tokens=audio.max_source_positions // 2,
+        frozen=sum(p.numel() for m in adapter.unused_modules for p in model.get_submodule(m).parameters()),
+    )
+
+
+@dataclass(frozen=True)
+class Need:
+    item: str
+    nbytes: float
+    where: str = "gpu"  # or "host"
+
+
+def dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+@dataclass
+class ActorPlan:
+    kind: str
+    count: int
+    needs: list[Need]
+    capacity: float  # bytes of the device it lives on (GPU, or host on CPU runs)
+    problems: list[str]
+    notes: list[str]
+
+    def total(self, where: str = "gpu") -> float:
+        return sum(n.nbytes for n in self.needs if n.where == where)
