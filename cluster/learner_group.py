@@ -12,6 +12,13 @@ from cluster.actors import LearnerActor
 from cluster.config import RunConfig, learner_config
 from cluster.placement import Placement, address_in_bundle
 from learner.batch import LearnerBatch
+from learner.grpo_step import learner_phases
+
+
+def slowest_phases(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Each phase's seconds (`learner_<phase>_s`) of the rank that took longest in it: the ranks
+    meet at every gradient all-reduce, so the slowest one sets the pace."""
+    return {key: max(m[key] for m in metrics) for key in learner_phases(metrics[0])}
 
 
 def _answer(_actor) -> bool:
@@ -94,7 +101,7 @@ class LearnerGroup:
             "the learner step",
             "train.learner_timeout_s",
         )
-        merged = dict(metrics[0])
+        merged = {**metrics[0], **slowest_phases(metrics)}
         for key in ("loss", "kl", "clip_ratio"):
             merged[key] = sum(m[key] for m in metrics) / n
         merged["responses"] = sum(m["responses"] for m in metrics)
@@ -109,6 +116,7 @@ class LearnerGroup:
         )
         return {
             **metrics[0],
+            **slowest_phases(metrics),
             "loss": sum(m["loss"] for m in metrics) / n,
             "tokens": sum(m["tokens"] for m in metrics),
         }

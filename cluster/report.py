@@ -3,8 +3,10 @@
 For each run directory (GRPO from `train`, SFT from `sft`, any mix): MMAU's metric on its held-out
 predictions (`eval/step-N.json`) in total, per task and per difficulty, at the best and at the
 last evaluated step, with the training samples seen (questions drawn: `data_position`) and the
-wall time up to each. One Markdown table (`report.md`) and one picture (`report.png`: held-out
-accuracy against step and against samples seen, one line per run).
+wall time up to each; then where a step's time went (seconds per step, averaged over the run:
+generation, reward, the learner split into its reference pass, forward, backward and optimizer
+step, the weight sync). One Markdown file (`report.md`, both tables) and one picture (`report.png`:
+held-out accuracy against step and against samples seen, one line per run).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class RunSummary:
     evals: dict[int, dict[str, Any]]  # step -> MMAU scores
     seen: dict[int, int] = field(default_factory=dict)  # step -> training questions drawn
     seconds: dict[int, float] = field(default_factory=dict)  # step -> wall seconds of the steps so far
+    phases: dict[str, float] = field(default_factory=dict)  # metrics.jsonl key -> mean seconds per step
 
     @property
     def best(self) -> int:
@@ -58,7 +61,36 @@ def read_run(run_dir: str | Path) -> RunSummary:
         total += float(record.get("step_s", 0.0))
         seen[record["step"]], seconds[record["step"]] = int(record.get("data_position", 0)), total
     kind = "grpo" if any("reward_mean" in r for r in records) else "sft"
-    return RunSummary(config.get("name", run_dir.name), kind, evals, seen, seconds)
+    phases = {
+        key: sum(float(r[key]) for r in records if key in r) / sum(1 for r in records if key in r)
+        for key, _ in STEP_PHASES
+        if any(key in r for r in records)
+    }
+    return RunSummary(config.get("name", run_dir.name), kind, evals, seen, seconds, phases)
+
+
+# Where a step goes: metrics.jsonl key -> column (the learner's four parts add up to about learner_s).
+STEP_PHASES = (
+    ("generate_s", "generate"),
+    ("reward_s", "reward"),
+    ("learner_s", "learner"),
+    ("learner_reference_s", "reference"),
+    ("learner_forward_s", "forward"),
+    ("learner_backward_s", "backward"),
+    ("learner_optimizer_s", "optimizer"),
+    ("weight_sync_s", "weight sync"),
+    ("step_s", "step"),
+)
+
+
+def phase_table(runs: list[RunSummary]) -> str:
+    """Seconds per step of each phase, averaged over each run's steps ("-": not logged)."""
+    header = ["run", *(name for _, name in STEP_PHASES)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in runs:
+        cells = [f"{run.phases[key]:.3f}" if key in run.phases else "-" for key, _ in STEP_PHASES]
+        lines.append("| " + " | ".join([run.name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(runs: list[RunSummary]) -> str:
@@ -107,6 +139,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table, picture = out / "report.md", out / "report.png"
-    table.write_text(markdown_table(runs))
+    table.write_text(
+        markdown_table(runs)
+        + "\nWhere a step goes (seconds per step, mean over the run):\n\n"
+        + phase_table(runs)
+    )
     plot(runs, picture)
     return table, picture

@@ -19,6 +19,7 @@ def train_sft(config: RunConfig, run_dir: Path, resume: bool = False, progress: 
     """Supervised fine-tuning to `train.max_steps` (from the last checkpoint with `resume`)."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    from learner.grpo_step import learner_phases
     from learner.sft import sft_batch
     from rollout.sampling import end_token_ids
 
@@ -37,6 +38,7 @@ def train_sft(config: RunConfig, run_dir: Path, resume: bool = False, progress: 
         phases.mark("learner_s")
         record = {
             **{k: update[k] for k in ("loss", "grad_norm", "lr", "tokens")},
+            **learner_phases(update),
             "step": step,
             "samples": len(questions),
             "skipped_rows": run.skipped_rows,

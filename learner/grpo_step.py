@@ -98,4 +98,11 @@ def step_record(
         "failed_questions": sum(1 for r in results if r.error),
         "generated_tokens_per_s": tokens / max(seconds.get("generate_s", 0.0), 1e-9),
         **seconds,
+        **learner_phases(update),
     }
+
+
+def learner_phases(update: dict[str, Any]) -> dict[str, float]:
+    """Where the learner's part of a step went (`learner_reference_s`, `learner_forward_s`,
+    `learner_backward_s`, `learner_optimizer_s`: the slowest rank's), as the learner reports it."""
+    return {k: v for k, v in update.items() if k.startswith("learner_") and k.endswith("_s")}

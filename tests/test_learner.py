@@ -51,6 +51,9 @@ def test_train_step_updates_the_policy_and_reports_metrics(
     assert all(torch.isfinite(torch.tensor(v)) for k, v in second.items() if k != "step")
     assert second["grad_norm"] > 0 and second["lr"] == pytest.approx(1e-3)
     assert first["responses"] == 8 and first["tokens"] > 8
+    # Where the step went: each phase took time, and together they fit inside the step.
+    phases = [second[f"learner_{name}_s"] for name in ("reference", "forward", "backward", "optimizer")]
+    assert all(seconds > 0 for seconds in phases), second
     if before is not None:
         assert not torch.equal(before, flat_params(learner.model))
 

@@ -22,6 +22,9 @@ def fake_run(root: Path, name: str, kind: str, accuracy_by_step: dict[int, float
     for step in range(1, last + 1):
         record = {"step": step, "step_s": 1.5, "data_position": 8 * step, "loss": 0.1}
         record.update({"reward_mean": 1.0} if kind == "grpo" else {})
+        record.update(
+            {"learner_s": 1.0, "learner_forward_s": 0.2 + 0.1 * (step % 2), "learner_backward_s": 0.4}
+        )
         lines.append(json.dumps(record))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     for step, accuracy in accuracy_by_step.items():
@@ -46,7 +49,8 @@ def test_report_sets_runs_side_by_side(tmp_path):
     assert summary.seen[20] == 160 and summary.seconds[20] == pytest.approx(30.0)
     done = run_cli("report", str(grpo), str(sft), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
-    table = (tmp_path / "out" / "report.md").read_text().splitlines()
+    text = (tmp_path / "out" / "report.md").read_text()
+    table = text.split("\n\n")[0].splitlines()
     assert table[0].startswith("| run | kind | point | step | MMAU % | music | sound | easy |")
     rows = [line.split(" | ") for line in table[2:]]
     assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
@@ -55,6 +59,12 @@ def test_report_sets_runs_side_by_side(tmp_path):
         ("| sft-run", "best", "20", "65.0"),
         ("| sft-run", "last", "20", "65.0"),
     ]
+    # Where a step goes: the learner's split, averaged over the steps; "-" for what was not logged.
+    split = text.split("Where a step goes")[1].splitlines()
+    assert split[2].startswith("| run | generate | reward | learner | reference | forward | backward |")
+    grpo_split = split[4].split(" | ")
+    assert grpo_split[:2] == ["| grpo-run", "-"] and float(grpo_split[3]) == 1.0
+    assert float(grpo_split[5]) == pytest.approx(0.25, abs=2e-3) and float(grpo_split[6]) == 0.4
     assert (tmp_path / "out" / "report.png").stat().st_size > 10_000
     not_a_run = run_cli("report", str(tmp_path / "nothing"))
     assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
