@@ -40,6 +40,18 @@ class Meter:
         self.sync()
         return torch.cuda.max_memory_allocated() - self.base if self.cuda else None
 
+    def totals(self) -> tuple[int | None, int | None]:
+        """(allocated, reserved) peaks since `start`, whole (not above the baseline): the caching
+        allocator's slack is the second over the first."""
+        if not self.cuda:
+            return None, None
+        self.sync()
+        return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+
+    def total(self) -> int | None:
+        """The device's memory (None on a CPU)."""
+        return torch.cuda.get_device_properties(0).total_memory if self.cuda else None
+
 
 def gib(nbytes: float | None) -> float | None:
     return None if nbytes is None else round(nbytes / GIB, 4)
@@ -78,40 +90,35 @@ def device_header(device: torch.device) -> dict:
 
 
 def print_case(name: str, result: dict) -> None:
+    """A case's figures as a reader wants them: the micro-batch table as a table, the rest as
+    `key: value` lines (the JSON file has everything)."""
     if result.get("status") != "ok":
         print(f"\n[{name}] FAILED: {result.get('error')}")
         return
     print(f"\n[{name}]")
-    if name == "learner_step":
+    if name == "micro_batch_table":
         print(
-            f"  weights {fmt(result['measured_weights_gib'])} "
-            f"(planner {fmt(result['estimate_weights_gib'])}), "
-            f"gradients {fmt(result['measured_gradients_gib'])}; prompt {result['prompt_tokens']} tokens "
-            f"({result['prompt_source']}), {result['completions']} x {result['completion_tokens']} completion"
+            f"  prompt {result['prompt_tokens']} tokens, weights {fmt(result['weights_gib'])} (+ gradients)"
         )
-        for run in result["runs"]:
-            ckpt = "on " if run["gradient_checkpointing"] else "off"
-            pct = "n/a" if run["error_pct"] is None else f"{run['error_pct']:+.1f}%"
-            print(
-                f"  checkpointing {ckpt}: activations estimate {fmt(run['estimate_gib'])}, measured "
-                f"{fmt(run['measured_gib'])} (after forward {fmt(run['measured_after_forward_gib'])}), "
-                f"error {pct}, step {run['step_s']:.2f} s"
+        print(
+            "  ckpt  QxT      step s  no-grad s  tok/s    MFU %  act GiB (plan)    no-grad GiB (plan)"
+            "  reserved/alloc"
+        )
+        for p in result["points"]:
+            head = (
+                f"  {'on ' if p['checkpointing'] else 'off'}   {p['questions']}x{p['completion_tokens']:<5}"
             )
-            for item, value in run["estimate_items_gib"].items():
-                print(f"      {fmt(value):>12}  {item}")
-    elif name == "token_logprobs":
-        pct = "n/a" if result["error_pct_ours"] is None else f"{result['error_pct_ours']:+.1f}%"
-        print(
-            f"  logits {result['logits_shape']} {result['dtype']}: {fmt(result['logits_gib'])}; extra peak "
-            f"(forward + backward) ours {fmt(result['ours_peak_extra_gib'])} (planner "
-            f"{fmt(result['estimate_ours_extra_gib'])}, error {pct}), naive float32 "
-            f"{fmt(result['naive_peak_extra_gib'])}; max |diff| {result['max_abs_diff']:.2e}, "
-            f"agree {result['agree']}"
-        )
-    elif name == "optimizer_state":
-        print(
-            f"  {result['params']:,} {result['param_dtype']} params: torch AdamW state "
-            f"{fmt(result['torch_adamw_state_gib'])} ({result['torch_adamw_bytes_per_param']} B/param), "
-            f"planner {fmt(result['estimate_gib'])} ({result['estimate_bytes_per_param']} B/param); "
-            f"step's extra peak {fmt(result['step_peak_extra_gib'])}"
-        )
+            if p.get("oom"):
+                print(f"{head}  OOM (plan: {fmt(p['planner_gib'])}, fits by the plan: {p.get('plan_fits')})")
+                continue
+            print(
+                f"{head}  {p['step_s']:6.3f}  {p.get('no_grad_s', float('nan')):9.3f}  "
+                f"{p['completion_tokens_per_s']:7.0f}  {p['useful_mfu_pct']:5.1f}  "
+                f"{fmt(p['measured_gib'], '')} ({fmt(p['planner_gib'], '')})  "
+                f"{fmt(p.get('measured_no_grad_gib'), '')} ({fmt(p['planner_no_grad_gib'], '')})  "
+                f"{p.get('reserved_over_allocated')}"
+            )
+        return
+    for key, value in result.items():
+        if key != "status":
+            print(f"  {key}: {value}")

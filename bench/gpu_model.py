@@ -115,18 +115,20 @@ def completions(setup: Setup, group: int, length: int, generator: torch.Generato
     return ids.tolist()
 
 
-def planner_config(args, dtype: torch.dtype, checkpointing: bool):
-    """The run the learner would read: the H200 preset at this micro-batch, one rank, ZeRO off."""
+def planner_config(group: int, completion_tokens: int, dtype: torch.dtype, checkpointing: bool, *extra: str):
+    """The run the learner would read: the H200 preset at this point, one rank, ZeRO off (`extra`:
+    more `key=value` overrides)."""
     from cluster.config import load_config
 
     overrides = [
-        f"sampling.n={args.group}",
-        f"sampling.max_tokens={args.completion_tokens}",
+        f"sampling.n={group}",
+        f"sampling.max_tokens={completion_tokens}",
         "learner.num_ranks=1",
         "learner.parallel.micro_batch_questions=1",
         "learner.parallel.zero_stage=0",
         "learner.parallel.share_prompt=true",
         f"learner.parallel.dtype={'bfloat16' if dtype == torch.bfloat16 else 'float32'}",
         f"learner.parallel.gradient_checkpointing={'true' if checkpointing else 'false'}",
+        *extra,
     ]
     return load_config("r1-aqa-h200", overrides)

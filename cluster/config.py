@@ -262,7 +262,13 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         options = [a for a in typing.get_args(kind) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, options[0], where)
+        errors = []
+        for option in options:  # the first that takes the value (4 -> int, "auto" -> Literal)
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: " + "; or ".join(errors))
     if origin is tuple:
         return tuple(_coerce(v, a, where) for v, a in zip(value, typing.get_args(kind), strict=True))
     if kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):

@@ -190,6 +190,7 @@ def start_run(
     from cluster.plan import check_fits
 
     plan = check_fits(config)
+    config = plan.config  # what `auto` became (plan.txt says why): every actor reads these numbers
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     (run_dir / "plan.txt").write_text(plan.render() + "\n")

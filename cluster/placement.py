@@ -7,6 +7,7 @@ actor that dies is replaced in its own bundle, so a replacement never competes f
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import ray
@@ -26,14 +27,24 @@ class Placement:
     serve_bundles: list[int]
 
     def options(self, bundle: int, cpus: float, gpus: float) -> dict:
-        """`.options(...)` for an actor pinned to `bundle`."""
+        """`.options(...)` for an actor pinned to `bundle` (on a GPU: `gpu_runtime_env`)."""
         return {
             "num_cpus": cpus,
             "num_gpus": gpus,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=self.group, placement_group_bundle_index=bundle
             ),
+            **({"runtime_env": gpu_runtime_env()} if gpus else {}),
         }
+
+
+def gpu_runtime_env() -> dict:
+    """GPU actors (learner ranks, rollout engines, the live endpoint) run PyTorch's allocator with
+    expandable segments: memory freed between micro-batches of other sizes is reused instead of
+    left in fragments (the planner's allocator reserve assumes it). A value the driver's
+    environment sets is kept. Ray merges these variables into the job's own."""
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    return {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": conf}}
 
 
 NODE_RESOURCE_SHARE = 0.001  # what a bundle asks of its kind's node resource: only where it goes

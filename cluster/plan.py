@@ -19,10 +19,10 @@ not on disk) and the run's settings:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cluster.config import ConfigError, RunConfig
-from cluster.plan_learner import learner_plan
+from cluster.plan_learner import learner_plan, resolve_auto
 from cluster.plan_rollout import rollout_plan
 from cluster.plan_units import GIB, PROCESS_HOST, ActorPlan, ModelShape, dtype_bytes, model_shape
 
@@ -56,6 +56,8 @@ class Plan:
     actors: list[ActorPlan]
     problems: list[str]
     host_need: float  # bytes on the fullest node
+    config: RunConfig  # the run's config with every `auto` the plan decides resolved
+    choices: list[str] = field(default_factory=list)  # what `auto` became, and what limited it
 
     @property
     def fits(self) -> bool:
@@ -65,6 +67,8 @@ class Plan:
         hw = self.hardware
         where = f"{hw.gpus_per_node} x {hw.gpu_gib:.0f} GiB GPUs" if self.on_gpu else "no GPUs"
         lines = [f"hardware: {hw.nodes} node(s), {where}, {hw.host_gib:.0f} GiB host memory each"]
+        if self.choices:
+            lines += ["", *self.choices]
         for actor in self.actors:
             device = "GPU" if self.on_gpu else "host"
             lines.append(
@@ -93,7 +97,9 @@ def make_plan(config: RunConfig, hardware: Hardware, shape: ModelShape | None = 
     shape = shape or model_shape(config.model.path)
     on_gpu = config.learner.gpus_per_rank > 0 or config.rollout.gpus_per_worker > 0
     gpu = hardware.gpu_gib * GIB
-    learner = learner_plan(config, shape, gpu if on_gpu else hardware.host_gib * GIB)
+    learner_capacity = gpu if on_gpu else hardware.host_gib * GIB
+    config, choices = resolve_auto(config, shape, learner_capacity)
+    learner = learner_plan(config, shape, learner_capacity)
     rollout = rollout_plan(config, shape, gpu, on_gpu, hardware.host_gib * GIB)
     actors = [learner, rollout]
     if config.serve.enabled:
@@ -108,7 +114,7 @@ def make_plan(config: RunConfig, hardware: Hardware, shape: ModelShape | None = 
         )
         need, have = host_need / GIB, hardware.host_gib
         problems.append(f"host memory: the fullest node needs {need:.1f} GiB, has {have:.1f} GiB: {fix}")
-    return Plan(hardware, on_gpu, actors, problems, host_need)
+    return Plan(hardware, on_gpu, actors, problems, host_need, config, choices)
 
 
 def _gpu_count_problems(config: RunConfig, hardware: Hardware) -> list[str]:

@@ -1,11 +1,25 @@
 """The memory plan's learner side: one rank's weights, gradients and optimizer state per ZeRO stage,
 the reference, ZeRO-3's gathered layers, the activations of a micro-batch with or without gradient
-checkpointing, logits, the weight sender's buffers."""
+checkpointing, logits, the weight sender's buffers and the allocator's reserve; and the choices
+`auto` leaves to the plan: questions per micro-batch (`micro_batch_questions`) and per no-grad
+pass (`no_grad_questions`), the most that fit."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from cluster.config import RunConfig
-from cluster.plan_units import CUDA_CONTEXT, GIB, PROMPT_TEXT_TOKENS, ActorPlan, ModelShape, Need, dtype_bytes
+from cluster.plan_units import (
+    ALLOCATOR_RESERVE,
+    CUDA_CONTEXT,
+    GIB,
+    PROMPT_TEXT_TOKENS,
+    ActorPlan,
+    ModelShape,
+    Need,
+    dtype_bytes,
+)
 
 
 def _layer_activations(tokens: float, hidden: int, intermediate: int, dtype_bytes: int) -> float:
@@ -15,7 +29,16 @@ def _layer_activations(tokens: float, hidden: int, intermediate: int, dtype_byte
 
 
 def learner_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
-    """One learner rank's memory (rank 0, which also sends the weights)."""
+    """One learner rank's memory (rank 0, which also sends the weights), at the micro-batch size
+    the config names (`auto` resolved by `resolve_auto` first, else as 1)."""
+    parallel, b = config.learner.parallel, dtype_bytes(config.learner.parallel.dtype)
+    questions = parallel.micro_batch_questions if isinstance(parallel.micro_batch_questions, int) else 1
+    return _with_reserve(config, state_needs(config, shape) + activation_needs(config, shape, b, questions))
+
+
+def state_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
+    """What a rank holds for the whole run: weights, gradients, optimizer state, the reference,
+    ZeRO-3's gathered layers, the weight sender's buffers, the CUDA context."""
     learner, parallel = config.learner, config.learner.parallel
     n, stage, b, p = learner.num_ranks, parallel.zero_stage, dtype_bytes(parallel.dtype), shape.params
     per = {True: n, False: 1}
@@ -37,12 +60,22 @@ def learner_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
         needs.append(Need("reference model", p * b / per[stage == 3], where))
     if stage == 3:
         needs.append(Need("ZeRO-3 gathered layers (current + prefetched)", 2 * shape.largest_layer * b))
-    needs += activation_needs(config, shape, b)
     sender = 3 * config.sync.bucket_mb * 2**20  # one gathered group + two send buffers
     needs.append(Need("weight transfer (rank 0)", sender))
     if learner.gpus_per_rank > 0:
-        needs.append(Need("CUDA context, NCCL, allocator slack", CUDA_CONTEXT))
+        needs.append(Need("CUDA context, NCCL", CUDA_CONTEXT))
     return needs
+
+
+def _with_reserve(config: RunConfig, needs: list[Need]) -> list[Need]:
+    """On a GPU, the caching allocator's slack on top (`ALLOCATOR_RESERVE` of the GPU items)."""
+    if config.learner.gpus_per_rank <= 0:
+        return needs
+    on_gpu = sum(n.nbytes for n in needs if n.where == "gpu")
+    reserve = Need(
+        f"allocator reserve ({ALLOCATOR_RESERVE:.0%}, expandable segments)", ALLOCATOR_RESERVE * on_gpu
+    )
+    return [*needs, reserve]
 
 
 def lora_params(config: RunConfig, shape: ModelShape) -> int:
@@ -58,13 +91,18 @@ def lora_params(config: RunConfig, shape: ModelShape) -> int:
     return lora.rank * (shape.layers * per_layer + shape.audio_layers * audio)
 
 
-def activation_needs(config: RunConfig, shape: ModelShape, b: int) -> list[Need]:
+def _lengths(config: RunConfig, shape: ModelShape) -> tuple[int, int, int]:
+    """(prompt tokens of a 30 s clip, completion tokens, completions per question)."""
+    return shape.audio_tokens + PROMPT_TEXT_TOKENS, config.sampling.max_tokens, config.sampling.n
+
+
+def activation_needs(config: RunConfig, shape: ModelShape, b: int, questions: int) -> list[Need]:
+    """What one micro-batch of `questions` keeps for its backward pass. With prompt sharing the
+    decoder runs each prompt once (with checkpointing in packed rows under a block mask; without,
+    on a cache whose rows are picked per completion)."""
     parallel = config.learner.parallel
-    questions, group = parallel.micro_batch_questions, config.sampling.n
-    prompt, completion = shape.audio_tokens + PROMPT_TEXT_TOKENS, config.sampling.max_tokens
-    rows = questions * group
-    checkpointing = parallel.gradient_checkpointing
-    shared = parallel.share_prompt and not checkpointing  # prompt sharing is off under checkpointing
+    prompt, completion, group = _lengths(config, shape)
+    rows, checkpointing, shared = questions * group, parallel.gradient_checkpointing, parallel.share_prompt
     tokens = questions * prompt + rows * completion if shared else rows * (prompt + completion)
     per_layer = _layer_activations(tokens, shape.hidden, shape.intermediate, b)
     if checkpointing:  # each layer's input kept, one layer's activations live during recompute
@@ -74,7 +112,9 @@ def activation_needs(config: RunConfig, shape: ModelShape, b: int) -> list[Need]
     needs = [
         Need(f"activations ({tokens:.0f} tokens, checkpointing {'on' if checkpointing else 'off'})", text)
     ]
-    if shared:  # the prompt's keys/values, selected once per completion row
+    if shared and checkpointing:  # one bool per (query, key) of each packed row
+        needs.append(Need("packed rows' attention mask", questions * (prompt + group * completion) ** 2))
+    elif shared:  # the prompt's keys/values, selected once per completion row
         needs.append(Need("prompt KV per completion", rows * prompt * 2 * shape.kv_width * b * shape.layers))
     audio_layer = _layer_activations(
         questions * shape.audio_positions, shape.audio_hidden, shape.audio_intermediate, b
@@ -87,9 +127,104 @@ def activation_needs(config: RunConfig, shape: ModelShape, b: int) -> list[Need]
     return needs
 
 
+def no_grad_needs(config: RunConfig, shape: ModelShape, b: int, questions: int) -> list[Need]:
+    """One no-grad pass (the reference's, the old policy's) over `questions`, the way the policy
+    runs (packed rows with checkpointing, else a cache): nothing kept for a backward, so one
+    layer's tensors at a time, the mask or the cache, and the logits."""
+    prompt, completion, group = _lengths(config, shape)
+    rows, packed = questions * group, config.learner.parallel.gradient_checkpointing
+    tokens = questions * prompt + rows * completion
+    layer = _layer_activations(tokens, shape.hidden, shape.intermediate, b)
+    audio_positions = questions * shape.audio_positions
+    audio = _layer_activations(audio_positions, shape.audio_hidden, shape.audio_intermediate, b)
+    logits = rows * completion * shape.vocab * b + completion * shape.vocab * 4
+    if packed:
+        held = Need("no-grad pass: packed rows' mask", questions * (prompt + group * completion) ** 2)
+    else:
+        kv = rows * prompt * 2 * shape.kv_width * b * shape.layers
+        held = Need("no-grad pass: prompt KV per completion", kv)
+    return [Need("no-grad pass: a layer's tensors", layer + audio), held, Need("no-grad: logits", logits)]
+
+
+def questions_per_rank(config: RunConfig) -> int:
+    return max(1, config.train.questions_per_step // config.learner.num_ranks)
+
+
+def _largest_fitting(limit: int, need, capacity: float) -> int:
+    """The largest n in 1..limit with need(n) <= capacity (0 if none); need grows with n."""
+    best = 0
+    for n in range(1, limit + 1):
+        if need(n) > capacity:
+            break
+        best = n
+    return best
+
+
+def resolve_auto(config: RunConfig, shape: ModelShape, capacity: float) -> tuple[RunConfig, list[str]]:
+    """`micro_batch_questions` and `no_grad_questions` as numbers where they are `auto`, with a
+    line for each choice and what limited it. On CPU `auto` keeps the defaults (1; no-grad passes
+    the size of the micro-batches)."""
+    parallel, b = config.learner.parallel, dtype_bytes(config.learner.parallel.dtype)
+    per_rank, on_gpu = questions_per_rank(config), config.learner.gpus_per_rank > 0
+    state = sum(n.nbytes for n in _with_reserve(config, state_needs(config, shape)) if n.where == "gpu")
+    scale = 1 + ALLOCATOR_RESERVE if on_gpu else 1.0
+    lines, micro = [], parallel.micro_batch_questions
+    per_step = f"train.questions_per_step / learner.num_ranks = {per_rank} per rank"
+    if micro == "auto":
+
+        def step_need(n: int) -> float:
+            return state + scale * sum(x.nbytes for x in activation_needs(config, shape, b, n))
+
+        largest = _largest_fitting(per_rank, step_need, capacity) if on_gpu else 1
+        passes = math.ceil(per_rank / max(largest, 1))
+        micro = max(1, math.ceil(per_rank / passes))  # the fewest passes, evenly filled
+        if not on_gpu:
+            why = "no GPU (on CPU auto keeps the default, 1)"
+        elif largest == 0:
+            why = "GPU memory: even 1 question does not fit (see the learner rank's needs)"
+        elif largest >= per_rank:
+            why = f"the questions a rank has ({per_step})"
+        else:
+            why = (
+                f"GPU memory: {largest + 1} questions would need {step_need(largest + 1) / GIB:.1f} GiB of "
+                f"{capacity / GIB:.0f}; {per_step}, {passes} passes"
+            )
+        lines += [f"learner.parallel.micro_batch_questions: {micro} (auto)", f"  limited by: {why}"]
+    no_grad = parallel.no_grad_questions
+    if no_grad == "auto":
+
+        def pass_need(n: int) -> float:
+            return state + scale * sum(x.nbytes for x in no_grad_needs(config, shape, b, n))
+
+        largest = _largest_fitting(per_rank, pass_need, capacity) if on_gpu else micro
+        no_grad = max(micro, largest // micro * micro)  # whole micro-batches per pass
+        if not on_gpu:
+            why = "no GPU (on CPU auto keeps one micro-batch per pass)"
+        elif largest >= per_rank:
+            why = f"the questions a rank has, in one pass ({per_step})"
+        else:
+            why = f"GPU memory: {largest + 1} questions would need {pass_need(largest + 1) / GIB:.1f} GiB"
+        lines += [f"learner.parallel.no_grad_questions: {no_grad} (auto)", f"  limited by: {why}"]
+    resolved = dataclasses.replace(parallel, micro_batch_questions=micro, no_grad_questions=no_grad)
+    learner = dataclasses.replace(config.learner, parallel=resolved)
+    return dataclasses.replace(config, learner=learner), lines
+
+
 def learner_plan(config: RunConfig, shape: ModelShape, capacity: float) -> ActorPlan:
     needs, parallel = learner_needs(config, shape), config.learner.parallel
     plan = ActorPlan("learner rank", config.learner.num_ranks, needs, capacity, [], [])
+    no_grad = parallel.no_grad_questions
+    if isinstance(no_grad, int):  # the no-grad passes come before the micro-batches' activations
+        passes = no_grad_needs(config, shape, dtype_bytes(parallel.dtype), no_grad)
+        peak = sum(
+            n.nbytes for n in _with_reserve(config, state_needs(config, shape) + passes) if n.where == "gpu"
+        )
+        plan.notes.append(f"no-grad passes of {no_grad} questions peak at {peak / GIB:.2f} GiB")
+        if peak > capacity:
+            plan.problems.append(
+                f"learner.parallel.no_grad_questions {no_grad} needs {peak / GIB:.1f} GiB, has "
+                f"{capacity / GIB:.1f} GiB: lower it (or auto)"
+            )
     if plan.total() <= capacity:
         return plan
     advice = []
@@ -97,8 +232,8 @@ def learner_plan(config: RunConfig, shape: ModelShape, capacity: float) -> Actor
         advice.append("learner.parallel.zero_stage: 3 (shards weights, gradients and optimizer state)")
     if not parallel.gradient_checkpointing:
         advice.append("learner.parallel.gradient_checkpointing: true")
-    if parallel.micro_batch_questions > 1:
-        advice.append("a smaller learner.parallel.micro_batch_questions")
+    if isinstance(parallel.micro_batch_questions, int) and parallel.micro_batch_questions > 1:
+        advice.append("a smaller learner.parallel.micro_batch_questions (or auto)")
     if config.learner.loss.beta and not parallel.reference_offload and parallel.zero_stage == 3:
         advice.append("learner.parallel.reference_offload: true")
     advice.append("more learner.num_ranks" if parallel.zero_stage >= 1 else "a smaller sampling.max_tokens")

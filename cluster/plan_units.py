@@ -11,7 +11,10 @@ from cluster.config import ConfigError, expand_path
 
 GIB = 2**30
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
-CUDA_CONTEXT = 1.0 * GIB  # CUDA context, NCCL and allocator slack per GPU process
+CUDA_CONTEXT = 1.0 * GIB  # CUDA context and NCCL per GPU process
+# The caching allocator's slack on top of what a learner rank allocates (its reserved peak over its
+# allocated peak, measured on an H200 with expandable segments; README "Measured on GPU").
+ALLOCATOR_RESERVE = 0.10
 PROMPT_TEXT_TOKENS = 160  # chat template, question and up to 8 choices
 PROCESS_HOST = 2.0 * GIB  # a Python process with torch, transformers and vLLM imported
 

@@ -61,26 +61,55 @@ class MicroBatch:
         return self.rows.completion_ids.size(0)
 
 
+def micro_batch(
+    batch: LearnerBatch, encoded: EncodedQuestions, questions: list[int], pad_id: int, eos_ids: list[int]
+) -> MicroBatch:
+    """These questions of the batch with all their completions, as padded rows."""
+    picked = [i for i, q in enumerate(batch.question_index) if q in questions]
+    local = {q: j for j, q in enumerate(questions)}
+    rows = build_rows(
+        [encoded.prompt_ids[q] for q in questions],
+        [batch.completions[i] for i in picked],
+        [local[batch.question_index[i]] for i in picked],
+        pad_id,
+        eos_ids,
+    )
+    advantages = torch.tensor([batch.advantages[i] for i in picked], dtype=torch.float32)
+    return MicroBatch(questions, picked, rows, advantages)
+
+
 def micro_batches(
     batch: LearnerBatch, encoded: EncodedQuestions, size: int, pad_id: int, eos_ids: list[int]
 ) -> list[MicroBatch]:
     """The batch cut into micro-batches of `size` questions each (the last may be smaller)."""
     if size < 1:
         raise ValueError(f"micro-batch size must be at least 1 question, got {size}")
-    out = []
-    for start in range(0, len(batch.questions), size):
-        questions = list(range(start, min(start + size, len(batch.questions))))
-        picked = [i for i, q in enumerate(batch.question_index) if q in questions]
-        local = {q: j for j, q in enumerate(questions)}
-        rows = build_rows(
-            [encoded.prompt_ids[q] for q in questions],
-            [batch.completions[i] for i in picked],
-            [local[batch.question_index[i]] for i in picked],
-            pad_id,
-            eos_ids,
-        )
-        advantages = torch.tensor([batch.advantages[i] for i in picked], dtype=torch.float32)
-        out.append(MicroBatch(questions, picked, rows, advantages))
+    n = len(batch.questions)
+    return [
+        micro_batch(batch, encoded, list(range(start, min(start + size, n))), pad_id, eos_ids)
+        for start in range(0, n, size)
+    ]
+
+
+def passes(micro: list[MicroBatch], questions: int) -> list[list[MicroBatch]]:
+    """Consecutive micro-batches joined into passes of at most `questions` questions (at least one
+    micro-batch each): the no-grad passes, which keep nothing for a backward and can be larger."""
+    groups: list[list[MicroBatch]] = []
+    for m in micro:
+        if groups and sum(len(g.questions) for g in groups[-1]) + len(m.questions) <= questions:
+            groups[-1].append(m)
+        else:
+            groups.append([m])
+    return groups
+
+
+def split_rows(values: torch.Tensor, group: list[MicroBatch]) -> list[torch.Tensor]:
+    """A joined pass's [rows, T] values cut back into its micro-batches' [rows_m, T_m] (their rows
+    are consecutive in it; a micro-batch's own padding is never wider than the pass's)."""
+    out, start = [], 0
+    for m in group:
+        out.append(values[start : start + m.responses, : m.rows.completion_ids.size(1)])
+        start += m.responses
     return out
 
 

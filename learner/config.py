@@ -48,10 +48,18 @@ class ParallelConfig:
     # ZeRO-3 only: the frozen reference's partitions live in host memory (DeepSpeed's param offload)
     # and stream to the device layer by layer; frees its share of GPU memory for activations.
     reference_offload: bool = False
-    micro_batch_questions: int = 1  # questions (with all their completions) per forward/backward
+    # Questions (with all their completions) per forward/backward. "auto": the most that fit, as the
+    # run's memory plan picks them (`audio-grpo plan` prints the choice; on CPU 1). A Learner built
+    # without a plan reads "auto" as 1.
+    micro_batch_questions: int | Literal["auto"] = "auto"
+    # Questions per no-grad pass (the reference's log-probs; the old policy's with several updates
+    # per batch): whole micro-batches, as many as fit ("auto": the plan's choice; on CPU, and without
+    # a plan, one micro-batch).
+    no_grad_questions: int | Literal["auto"] = "auto"
     gradient_checkpointing: bool = False
-    # Run each question's prompt (audio included) once and its completions on top of the cached
-    # prompt: the same numbers as one row per completion, with ~1/n of the prompt compute.
+    # Run each question's prompt (audio included) once for all its completions (on a key/value
+    # cache, or under gradient checkpointing in packed rows): the same numbers as one row per
+    # completion, with ~1/n of the prompt compute.
     share_prompt: bool = True
     # torch threads on CPU: 0 keeps Ray's setting (the actor's num_cpus), -1 takes every core (the
     # rollout workers sit idle during the update unless train.overlap_rollout is on).

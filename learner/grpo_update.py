@@ -74,11 +74,11 @@ def fixed_logprobs(learner: Any, batch: LearnerBatch, encoded, micro: list[Micro
     the ratio's denominator: the sampling policy's when the rollouts came with them, else this
     policy before the update (which only matters for several updates per batch)."""
     with learner.phase("reference"):
-        refs = learner.reference_logprobs(micro, encoded)
+        refs = learner.reference_logprobs(batch, micro, encoded)
         if batch.behaviour_logprobs:
             olds = [behaviour_logprobs(batch, m) for m in micro]
         elif learner.config.loss.updates_per_batch > 1:
-            olds = learner.old_logprobs(micro, encoded)
+            olds = learner.old_logprobs(batch, micro, encoded)
         else:
             olds = [None] * len(micro)
     return refs, olds

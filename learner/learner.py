@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from families import adapter_for, load_processor
-from learner.batch import LearnerBatch, MicroBatch, micro_batches
+from learner.batch import LearnerBatch, MicroBatch, micro_batch, micro_batches, passes, split_rows
 from learner.config import LearnerConfig
 from learner.deepspeed_setup import (
+    adamw,
     build_reference,
     deepspeed_config,
     init_distributed,
@@ -87,14 +88,12 @@ class Learner:
             # Non-reentrant: gradients reach adapters inside checkpointed layers whose inputs
             # (frozen embeddings) need none.
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad],
-            lr=optim.lr,
-            betas=optim.adam_betas,
-            weight_decay=optim.weight_decay,
-        )
+        # Fused on CUDA (one kernel for all of Adam's element-wise work); CPU keeps the default.
+        optimizer = adamw(policy.parameters(), optim, fused=self.device.type == "cuda")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-        scorer = CompletionScorer(policy, config.sampling.temperature, parallel.share_prompt)
+        scorer = CompletionScorer(
+            policy, config.sampling.temperature, parallel.share_prompt, parallel.gradient_checkpointing
+        )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=scorer, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
@@ -113,6 +112,11 @@ class Learner:
         eos = generation.eos_token_id
         self.eos_ids = eos if isinstance(eos, list) else [eos]
         self.pad_id = self.processor.tokenizer.pad_token_id
+        # `auto` is the run plan's to resolve (cluster/plan_learner.py); without a plan: 1 question
+        # per micro-batch, one micro-batch per no-grad pass.
+        micro, no_grad = parallel.micro_batch_questions, parallel.no_grad_questions
+        self.micro_batch_questions = micro if isinstance(micro, int) else 1
+        self.no_grad_questions = no_grad if isinstance(no_grad, int) else self.micro_batch_questions
         self.step = 0
         self.phases: dict[str, float] = {}  # seconds per phase of the current update
         self._sender = None  # the weight transfer's trainer engine (init_weight_transfer)
@@ -175,30 +179,49 @@ class Learner:
         )
 
     def micro_batches(self, batch: LearnerBatch, encoded: EncodedQuestions) -> list[MicroBatch]:
-        return micro_batches(
-            batch, encoded, self.config.parallel.micro_batch_questions, self.pad_id, self.eos_ids
-        )
+        return micro_batches(batch, encoded, self.micro_batch_questions, *self._pads)
+
+    @property
+    def _pads(self) -> tuple[int, list[int]]:
+        """(padding id, end ids): how rows are padded and where completions end."""
+        return self.pad_id, self.eos_ids
 
     def logprobs(self, micro: MicroBatch, encoded: EncodedQuestions, scorer=None) -> torch.Tensor:
         """Completion log-probs [N, T] through `scorer` (default: the policy's DeepSpeed engine),
         one root forward per micro-batch (what closes ZeRO-3's parameter trace)."""
         return (scorer or self.engine)(micro.rows, *encoded.audio(micro.questions))
 
-    def reference_logprobs(self, micro: list[MicroBatch], encoded: EncodedQuestions) -> list:
+    @torch.no_grad()
+    def reference_logprobs(self, batch: LearnerBatch, micro: list[MicroBatch], encoded) -> list:
         """The frozen reference's log-probs per micro-batch (None each when beta is 0): its own
         model, or with LoRA this policy with its adapters off."""
         if self.config.loss.beta == 0.0:
             return [None] * len(micro)
         if self.reference is not None:
-            return [self.logprobs(m, encoded, self.reference) for m in micro]
+            return self._no_grad_passes(batch, micro, encoded, self.reference)
         from learner.lora import adapters_disabled
 
         with adapters_disabled(self.model):
-            return [self.logprobs(m, encoded) for m in micro]
+            return self._no_grad_passes(batch, micro, encoded, self.engine)
 
-    def old_logprobs(self, micro: list[MicroBatch], encoded: EncodedQuestions) -> list[torch.Tensor]:
+    @torch.no_grad()
+    def old_logprobs(self, batch: LearnerBatch, micro: list[MicroBatch], encoded) -> list[torch.Tensor]:
         """This policy's log-probs before the update (the ratio's denominator for several updates)."""
-        return [self.logprobs(m, encoded) for m in micro]
+        return self._no_grad_passes(batch, micro, encoded, self.engine)
+
+    def _no_grad_passes(self, batch: LearnerBatch, micro: list[MicroBatch], encoded, scorer) -> list:
+        """Log-probs per micro-batch from as few passes as `no_grad_questions` allows: consecutive
+        micro-batches joined into one pass, its values cut back into theirs."""
+        out = []
+        for group in passes(micro, self.no_grad_questions):
+            questions = [q for m in group for q in m.questions]
+            joined = (
+                micro_batch(batch, encoded, questions, self.pad_id, self.eos_ids)
+                if len(group) > 1
+                else group[0]
+            )
+            out += split_rows(self.logprobs(joined, encoded, scorer), group)
+        return out
 
     def begin_update(self, n_micro: int) -> float:
         """Gradient accumulation over `n_micro` micro-batches; returns the learning rate it uses."""

@@ -21,6 +21,7 @@ import torch
 
 from families import adapter_for
 from learner.grpo import completion_mask, token_logprobs
+from learner.shared_prompt import PACKED_ATTENTION, cached_hidden, packed_hidden
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import render_prompt
 
@@ -144,48 +145,38 @@ def completion_logprobs(
     audio: list[torch.Tensor],
     temperature: float = 1.0,
     share_prompt: bool = True,
+    packed: bool | None = None,
 ) -> torch.Tensor:
     """log p(completion token | prompt, audio, earlier tokens) for every row: [N, T].
 
-    With `share_prompt`, each question's prompt runs once and its completions run on top of that
-    prompt's key/value cache (picked per row, so gradients flow back into the one prompt pass):
-    the numbers of one full row per completion, with 1/n of the prompt compute. Off under
-    gradient checkpointing, whose recomputation would append to the cache twice.
+    With `share_prompt`, each question's prompt runs once for all its completions
+    (`learner/shared_prompt.py`): in packed rows with a block mask when `packed` (None: when the
+    decoder checkpoints its layers, which a cache cannot survive), else on a key/value cache;
+    without, one full row per completion. The same numbers every way (to float rounding: a policy
+    and its reference take the same way, so their log-probs agree bit for bit on equal weights).
     """
     lm = adapter_for(model).decoder(model)
-    device = model.get_input_embeddings().weight.device
-    ids = batch.input_ids.to(device)
-    attention = batch.attention_mask.to(device)
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: match generation's positions
-    start, length = batch.prompt_length, batch.completion_ids.size(1)
-    if share_prompt and not getattr(lm, "gradient_checkpointing", False):
-        questions, row_to_prompt = torch.unique(batch.question_index, return_inverse=True)
-        first_rows = [int((batch.question_index == q).nonzero()[0]) for q in questions]
+    embeddings = model.get_input_embeddings()
+    device, dtype = embeddings.weight.device, embeddings.weight.dtype
+    questions = torch.unique(batch.question_index)  # the order both shared paths take the prompts in
+    checkpointing = getattr(lm, "gradient_checkpointing", False)
+    packed = checkpointing if packed is None else packed
+    if share_prompt and packed and lm.config._attn_implementation in PACKED_ATTENTION:
         features = torch.cat([audio[int(q)] for q in questions])
-        prompt = lm(
-            inputs_embeds=_merge_audio(model, ids[first_rows, :start], start, features),
-            attention_mask=attention[first_rows, :start],
-            position_ids=position_ids[first_rows, :start],
-            use_cache=True,
-        )
-        cache = prompt.past_key_values
-        cache.batch_select_indices(row_to_prompt.to(device))
-        tail = lm(
-            inputs_embeds=model.get_input_embeddings()(ids[:, start:]),
-            attention_mask=attention,
-            position_ids=position_ids[:, start:],
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
-        # The prompt's last state predicts the first completion token; the tail's state t, token t + 1.
-        first = prompt.last_hidden_state[:, -1:][row_to_prompt.to(device)]
-        hidden = torch.cat([first, tail[:, :-1]], dim=1)
+        embed = lambda ids, start: _merge_audio(model, ids, start, features)  # noqa: E731
+        hidden = packed_hidden(lm, embed, batch, device, dtype)
+    elif share_prompt and not packed and not checkpointing:
+        features = torch.cat([audio[int(q)] for q in questions])
+        embed = lambda ids, start: _merge_audio(model, ids, start, features)  # noqa: E731
+        hidden = cached_hidden(lm, embed, embeddings, batch, device)
     else:
         features = torch.cat([audio[int(q)] for q in batch.question_index])
+        ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
+        start, length = batch.prompt_length, batch.completion_ids.size(1)
         hidden = lm(
             inputs_embeds=_merge_audio(model, ids, start, features),
             attention_mask=attention,
-            position_ids=position_ids,
+            position_ids=(attention.cumsum(-1) - 1).clamp(min=0),  # left padding: generation's positions
             use_cache=False,
         ).last_hidden_state[:, start - 1 : start - 1 + length]
     logits = model.lm_head(hidden)
@@ -202,10 +193,11 @@ class CompletionScorer(torch.nn.Module):
     open forever and every all-gather on demand.
     """
 
-    def __init__(self, model: torch.nn.Module, temperature: float = 1.0, share_prompt: bool = True):
+    def __init__(self, model: torch.nn.Module, temperature=1.0, share_prompt=True, packed=False):
         super().__init__()
         self.model = model
-        self.temperature, self.share_prompt = temperature, share_prompt
+        # `packed`: the policy's gradient checkpointing, for the policy and its reference alike.
+        self.temperature, self.share_prompt, self.packed = temperature, share_prompt, packed
 
     def forward(
         self,
@@ -215,4 +207,4 @@ class CompletionScorer(torch.nn.Module):
         windows: list[int] | None = None,
     ) -> torch.Tensor:
         audio = audio_embeddings(self.model, input_features, feature_attention_mask, windows)
-        return completion_logprobs(self.model, rows, audio, self.temperature, self.share_prompt)
+        return completion_logprobs(self.model, rows, audio, self.temperature, self.share_prompt, self.packed)

@@ -267,3 +267,47 @@ def test_audio_embeddings_on_cropped_frames_equal_the_full_30s_encoder(tiny_mode
             full = model.model.multi_modal_projector(encoded)
         for i, clip in enumerate(ours):
             torch.testing.assert_close(clip, full[i, : int(out_lengths[i])], atol=1e-5, rtol=1e-5)
+
+
+def test_joined_no_grad_passes_equal_one_pass_per_micro_batch(tiny_model_dir):
+    """The reference's and the old policy's log-probs from one pass over all micro-batches (more
+    left and right padding) equal one pass per micro-batch, cut to each micro-batch's rows."""
+    learner = make_learner(tiny_model_dir, beta=0.04, updates_per_batch=2, micro_batch_questions=1)
+    batch = pitch_batch(learner.processor.tokenizer, n_questions=3, group=4)
+    batch.waveforms[1] = tone(300.0, 2.5)  # a longer clip: a longer prompt, more left padding
+    encoded = learner.encode(batch)
+    micro = learner.micro_batches(batch, encoded)
+    values = {}
+    for size in (1, 3):
+        learner.no_grad_questions = size
+        values[size] = learner.reference_logprobs(batch, micro, encoded) + learner.old_logprobs(
+            batch, micro, encoded
+        )
+    assert len(micro) == 3 and len(values[3]) == 6
+    for m, one, joined in zip(micro * 2, values[1], values[3], strict=True):
+        mask = m.rows.completion_mask.bool()
+        assert one.shape == joined.shape == mask.shape
+        torch.testing.assert_close(joined[mask], one[mask], atol=1e-5, rtol=0)
+
+
+def test_fused_adamw_takes_the_same_steps():
+    """The optimizer the learner builds on CUDA (fused) takes the updates of the default one."""
+    import copy
+
+    from learner.config import OptimizerConfig
+    from learner.deepspeed_setup import adamw
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    fused = copy.deepcopy(plain)
+    settings = OptimizerConfig(lr=1e-2, weight_decay=0.01)
+    optimizers = [adamw(plain.parameters(), settings), adamw(fused.parameters(), settings, fused=True)]
+    assert optimizers[1].defaults["fused"] is True
+    for _ in range(5):
+        x = torch.randn(8, 16)
+        for model, optimizer in zip((plain, fused), optimizers, strict=True):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

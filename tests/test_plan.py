@@ -104,3 +104,55 @@ def test_plan_command_and_train_refuse_what_cannot_fit(tiny_model_dir, tmp_path)
     )  # fmt: skip
     assert train.returncode == 2 and "does not fit its hardware" in train.stderr, train.stderr[-2000:]
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything started
+
+
+def test_auto_micro_batch_is_the_most_questions_that_fit_and_a_given_one_is_honoured():
+    """`auto`: the plan picks the most questions per micro-batch that fit (the allocator's reserve
+    included), prints the choice on a line of its own with what limited it, and the run reads that
+    number; a number given is honoured, and refused when it does not fit; on CPU `auto` is 1."""
+    h200 = run_cli("plan", "--config", "r1-aqa-h200", "--gpu-gib", "141", "--host-gib", "1024")
+    assert h200.returncode == 0, h200.stdout + h200.stderr
+    line = next(
+        x for x in h200.stdout.splitlines() if x.startswith("learner.parallel.micro_batch_questions:")
+    )
+    chosen = int(line.split(": ")[1].split(" ")[0])
+    assert line == f"learner.parallel.micro_batch_questions: {chosen} (auto)" and chosen >= 2
+    assert "limited by: GPU memory" in h200.stdout and "allocator reserve" in h200.stdout
+    config = load_config("r1-aqa-h200")
+    plan = make_plan(config, Hardware(1, 8, 141, 1024))
+    assert plan.config.learner.parallel.micro_batch_questions == chosen and plan.fits
+    # What limited it does not fit when given (the choice evens the passes: 3 of 4 would take 2 too).
+    too_many = int(h200.stdout.split("limited by: GPU memory: ")[1].split(" ")[0])
+    assert chosen < too_many <= 4
+    over = load_config("r1-aqa-h200", [f"learner.parallel.micro_batch_questions={too_many}"])
+    refused = make_plan(over, Hardware(1, 8, 141, 1024))
+    assert not refused.fits and "micro_batch_questions" in refused.render()
+    given = make_plan(
+        load_config("r1-aqa-h200", ["learner.parallel.micro_batch_questions=1"]), Hardware(1, 8, 141, 1024)
+    )
+    assert given.config.learner.parallel.micro_batch_questions == 1 and given.fits
+    assert not any("micro_batch_questions" in c for c in given.choices)
+    # Gradient checkpointing on 80 GB: all of a rank's questions in one micro-batch.
+    r1 = make_plan(load_config("r1-aqa"), Hardware(1, 8, 80, 1024))
+    assert r1.config.learner.parallel.micro_batch_questions == 4 and r1.fits
+    on_cpu = load_config("r1-aqa", ["learner.gpus_per_rank=0", "rollout.gpus_per_worker=0"])
+    cpu = make_plan(on_cpu, Hardware(1, 0, 0, 1024))
+    assert cpu.config.learner.parallel.micro_batch_questions == 1
+    assert cpu.config.learner.parallel.no_grad_questions == 1
+
+
+def test_gpu_actors_run_with_expandable_segments(monkeypatch):
+    """The allocator reserve assumes expandable segments: every actor placed with GPUs gets them
+    (a value the driver's environment sets is kept); CPU actors get no runtime env of their own."""
+    from cluster.placement import Placement
+
+    placement = Placement(None, [0], [1], [2], [])
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    gpu = placement.options(0, 4, 1)
+    assert gpu["runtime_env"] == {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}
+    assert "runtime_env" not in placement.options(2, 0.1, 0)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    assert (
+        placement.options(1, 2, 1)["runtime_env"]["env_vars"]["PYTORCH_CUDA_ALLOC_CONF"]
+        == "max_split_size_mb:512"
+    )
