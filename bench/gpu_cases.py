@@ -5,6 +5,7 @@ on a CPU the memory figures are None but every forward, backward and estimate ru
 from __future__ import annotations
 
 import time
+import traceback
 
 import torch
 
@@ -79,8 +80,11 @@ def micro_batch_point(
         meter.start()
         point["no_grad_s"] = round(_timed(meter, no_grad, 1), 4)
         point["measured_no_grad_gib"] = gib(meter.peak())
-    except torch.cuda.OutOfMemoryError:
-        point["oom"] = True  # the plan should say it cannot fit either
+    except Exception as error:  # one point failing leaves the others running
+        point["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+        point["oom"] = "out of memory" in str(error).lower()  # the plan should say it cannot fit
+        if not point["oom"]:
+            traceback.print_exc()
     finally:
         model.zero_grad(set_to_none=False)
         free(device)

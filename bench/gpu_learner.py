@@ -98,7 +98,9 @@ def learner_case(args, _setup, device: torch.device, meter: Meter, workdir: Path
     out["params"] = shape.params
     learner = Learner(str(folder), learner_config(config), master_port=free_port())
     optimizer = getattr(learner.optimizer, "optimizer", learner.optimizer)  # under DeepSpeed's wrapper
-    out["optimizer"] = f"{type(optimizer).__name__} (fused: {optimizer.defaults.get('fused')})"
+    out["optimizer"] = (
+        f"{type(optimizer).__name__} (fused: {getattr(optimizer, 'defaults', {}).get('fused')})"
+    )
     out["micro_batch_questions"] = learner.micro_batch_questions
     out["no_grad_questions"] = learner.no_grad_questions
     batch = rank_batch(learner, args.questions, args.group, args.completion_tokens)

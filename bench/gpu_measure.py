@@ -108,8 +108,11 @@ def print_case(name: str, result: dict) -> None:
             head = (
                 f"  {'on ' if p['checkpointing'] else 'off'}   {p['questions']}x{p['completion_tokens']:<5}"
             )
-            if p.get("oom"):
-                print(f"{head}  OOM (plan: {fmt(p['planner_gib'])}, fits by the plan: {p.get('plan_fits')})")
+            if "step_s" not in p:
+                what = "OOM" if p.get("oom") else f"failed: {p.get('error')}"
+                print(
+                    f"{head}  {what} (plan: {fmt(p['planner_gib'])}, fits by the plan: {p.get('plan_fits')})"
+                )
                 continue
             print(
                 f"{head}  {p['step_s']:6.3f}  {p.get('no_grad_s', float('nan')):9.3f}  "
