@@ -179,12 +179,7 @@ class Learner:
         )
 
     def micro_batches(self, batch: LearnerBatch, encoded: EncodedQuestions) -> list[MicroBatch]:
-        return micro_batches(batch, encoded, self.micro_batch_questions, *self._pads)
-
-    @property
-    def _pads(self) -> tuple[int, list[int]]:
-        """(padding id, end ids): how rows are padded and where completions end."""
-        return self.pad_id, self.eos_ids
+        return micro_batches(batch, encoded, self.micro_batch_questions, self.pad_id, self.eos_ids)
 
     def logprobs(self, micro: MicroBatch, encoded: EncodedQuestions, scorer=None) -> torch.Tensor:
         """Completion log-probs [N, T] through `scorer` (default: the policy's DeepSpeed engine),

@@ -88,7 +88,8 @@ def test_grpo_with_thinking_trains_and_evaluates_in_the_thinking_format(service_
         run_dir,
         config="tiny-cpu-think",
         max_steps=10,
-        extra=("--set", "train.eval_every=10", "--set", "sync.timeout_s=60", "--no-progress"),
+        extra=("--set", "train.eval_every=10", "--set", "sync.timeout_s=60", "--set", "rollout.num_workers=1")
+        + ("--no-progress",),
     )
     done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]

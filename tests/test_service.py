@@ -63,6 +63,9 @@ def test_chaos_training_survives_killed_actors_of_every_kind(service_env, ray_he
     assert all(r["samples"] == 64 for r in records)  # every question re-generated once, none twice
     assert [r["policy_version"] for r in records] == list(range(1, 17))
     assert [r["data_position"] for r in records] == [8 * s for s in range(1, 17)]  # no question skipped
+    # Where each learner step went (the slowest rank's), inside the step's learner_s.
+    phases = ("learner_reference_s", "learner_forward_s", "learner_backward_s", "learner_optimizer_s")
+    assert all(0 < r[k] <= r["learner_s"] for r in records for k in phases)
     assert records[-1]["worker_restarts"] >= 3 and records[-1]["learner_restarts"] >= 1, kinds_seen
     for name in (
         "reward_mean",

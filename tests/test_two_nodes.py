@@ -65,8 +65,9 @@ def two_nodes():
             time.sleep(1)
         yield {**env, "RAY_ADDRESS": address}
     finally:
-        for node in reversed(nodes):
+        for node in nodes:  # every node stops at once: each takes seconds to wind down
             os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
             try:
                 node.wait(timeout=60)
             except subprocess.TimeoutExpired:
