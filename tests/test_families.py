@@ -201,10 +201,7 @@ def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class
 
     run_dir = tmp_path / "run"
     serve = ("--serve", "--serve-port", str(free_port()))
-    # One rollout engine beside the live one: each start costs a minute of the 2 CI cores, and the
-    # pool's fan-out is tested on Qwen2-Audio (tests/test_service.py).
-    one_worker = ("--set", "rollout.num_workers=1")
-    command = train_command(run_dir, config=preset, max_steps=60, extra=(*FAST, *serve, *one_worker))
+    command = train_command(run_dir, config=preset, max_steps=60, extra=(*FAST, *serve))
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
         try:
