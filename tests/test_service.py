@@ -1,9 +1,8 @@
 """The distributed training service, for real: `audio-grpo train` on a `ray start --head` cluster.
 
 One run is attacked while it trains (chaos: an actor of every kind is SIGKILLed; the
-Prometheus endpoint is read); one driver is killed and resumed; one run is served both ways while
-it trains; jobs go through `ray job submit`. Each run uses the tiny-cpu preset on assets built
-once for the module.
+Prometheus endpoint is read); one driver is killed and resumed; one job goes through
+`ray job submit`. Each run uses the tiny-cpu preset on assets built once for the module.
 """
 
 from __future__ import annotations
@@ -211,13 +210,53 @@ def test_ray_job_submit_runs_training_to_success(service_env, ray_head, tmp_path
 
 
 @pytest.mark.slow
-def test_both_endpoints_follow_one_live_training_run(service_env, tmp_path):
-    """One training run, served both ways while it goes on. `train --serve`: the endpoint is one
-    more receiver of the weight transfer, so its answers follow the learner step by step (marked
-    "(live)", never from a file; the token guards it). `serve --run-dir`: a separate server answers
-    from the run's newest checkpoint (saved every 2 steps) as new ones appear."""
+def test_endpoint_follows_a_live_training_run(service_env, tmp_path):
+    """`serve --run-dir` answers from the newest checkpoint while training goes on."""
     import httpx
     from helpers import FORM, start_server
+    from helpers import wav_bytes as wav
+
+    run_dir = tmp_path / "run"
+    training = start_train(
+        service_env,
+        run_dir,
+        "--max-steps",
+        "200",  # long enough to outlast the server's start; stopped once versions have advanced
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "train.eval_every=0",
+    )
+    server, url = start_server(
+        ["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"], service_env
+    )
+    try:
+        versions = []
+        deadline = time.time() + 300
+        while len(set(versions)) < 3 and time.time() < deadline:
+            assert training.poll() is None, "training ended early"
+            response = httpx.post(
+                f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=60
+            )
+            assert response.status_code == 200, (response.text, server.log_path.read_text()[-4000:])
+            versions.append(response.json()["policy_version"])
+            time.sleep(0.5)
+        final = httpx.get(f"{url}/v1/policy", timeout=10).json()
+    finally:
+        server.terminate()
+        training.terminate()
+        server.wait(timeout=60)
+        training.wait(timeout=120)
+    assert versions == sorted(versions) and len(set(versions)) >= 2, versions
+    assert versions[0] >= 2 and final["checkpoint"].startswith(str(run_dir / "checkpoints"))
+
+
+@pytest.mark.slow
+def test_train_serve_answers_from_every_new_policy_version(service_env, tmp_path):
+    """`train --serve`: the endpoint is one more receiver of the weight transfer, so answers follow
+    the learner step by step, with no checkpoint involved (save_every 0: only at the end)."""
+    import httpx
+    from helpers import FORM
     from helpers import wav_bytes as wav
 
     from cluster.network import free_port
@@ -227,9 +266,9 @@ def test_both_endpoints_follow_one_live_training_run(service_env, tmp_path):
         service_env,
         run_dir,
         *("--serve", "--serve-port", str(port), "--token", token, "--max-steps", "200"),
-        *("--set", "train.save_every=2", "--set", "train.eval_every=0"),
+        *("--set", "train.save_every=0", "--set", "train.eval_every=0"),
     )
-    endpoint, server = run_dir / "endpoint.json", None
+    endpoint = run_dir / "endpoint.json"
     try:
         wait_for(endpoint.exists, 300, "the endpoint to start", training)
         url = json.loads(endpoint.read_text())["url"]
@@ -245,33 +284,13 @@ def test_both_endpoints_follow_one_live_training_run(service_env, tmp_path):
                 f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, headers=auth, timeout=60
             )
             assert response.status_code == 200, response.text
-            # The transfer's weights, not a file (the base model's before the first update).
-            assert response.json()["checkpoint"] == "(live)" or response.json()["policy_version"] == 0
             seen.append((before, response.json()["policy_version"], len(steps_logged(run_dir))))
-
-        server, follower = start_server(
-            ["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"], service_env
-        )
-        followed = []
-        deadline = time.time() + 300
-        while len(set(followed)) < 3 and time.time() < deadline:
-            assert training.poll() is None, "training ended early"
-            response = httpx.post(
-                f"{follower}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=60
-            )
-            assert response.status_code == 200, (response.text, server.log_path.read_text()[-4000:])
-            followed.append(response.json()["policy_version"])
-            time.sleep(0.5)
-        final = httpx.get(f"{follower}/v1/policy", timeout=10).json()
+            assert response.json()["checkpoint"] == "(live)" or response.json()["policy_version"] == 0
+        assert not (run_dir / "checkpoints").exists()  # answers came from the transfer, not a file
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
         training.terminate()
         training.wait(timeout=120)
     versions = [v for _, v, _ in seen]
     assert versions == sorted(versions) and len(set(versions)) >= 4, seen
     for before, version, after in seen:  # the newest version, at most one step behind the learner
         assert before <= version <= after + 1, seen
-    assert followed == sorted(followed) and len(set(followed)) >= 2, followed
-    assert followed[0] >= 2 and final["checkpoint"].startswith(str(run_dir / "checkpoints"))
