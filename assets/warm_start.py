@@ -3,9 +3,11 @@
 A randomly initialised model never emits the answer format, so GRPO's rewards would all be zero and
 its advantages empty. Targets name a *random* choice, so the model learns the format and the
 choice vocabulary while its accuracy stays at chance: whatever it later learns about the audio,
-GRPO taught it. The end token is part of the target, or it would never be sampled. With `thinking`
-the prompt asks for thinking and the target is `<think>The audio sounds X.</think> <answer>X</answer>`
-(X random): the model learns to decide in its think block, and GRPO to decide well.
+GRPO taught it. A caption item's target is a reference of a random clip of the training set (the
+caption vocabulary, not this clip's words). The end token is part of the target, or it would never
+be sampled. With `thinking` the prompt asks for thinking and the target is
+`<think>The audio sounds X.</think> <answer>X</answer>` (X random): the model learns to decide in
+its think block, and GRPO to decide well.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ THINKING_REASONING = "The audio sounds {}."  # the warm start's think block (in 
 
 def warm_start_target(choice: str, thinking: bool) -> str:
     return rewarded_response(choice, thinking=thinking, reasoning=THINKING_REASONING.format(choice))
+
+
+def random_answer(rng: random.Random, item: AudioQuestion, items: list[AudioQuestion]) -> str:
+    """A random choice of the question, or a random reference of a random captioned clip."""
+    if item.choices:
+        return rng.choice(item.choices)
+    return rng.choice(rng.choice([q for q in items if q.references] or [item]).references)
 
 
 def format_warm_start(
@@ -64,7 +73,7 @@ def format_warm_start(
             thinking=thinking,
         )
         targets = [
-            tokenizer(warm_start_target(rng.choice(q.choices), thinking) + "<|im_end|>").input_ids
+            tokenizer(warm_start_target(random_answer(rng, q, questions), thinking) + "<|im_end|>").input_ids
             for q in picked
         ]
         rows = build_rows(encoded.prompt_ids, targets, list(range(len(picked))), tokenizer.pad_token_id, ends)

@@ -1,5 +1,6 @@
-"""What each `audio-grpo` subcommand does. Heavy imports (torch, transformers, vLLM) happen inside
-each one, so `--help` is instant."""
+"""What each `audio-grpo` subcommand that runs the service does (training, SFT, planning, reports,
+evaluation, serving; the offline ones are in `cli/offline.py`). Heavy imports (torch, transformers,
+vLLM) happen inside each one, so `--help` is instant."""
 
 from __future__ import annotations
 
@@ -12,100 +13,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from cli import offline
+
 log = logging.getLogger("audio_grpo")
 
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-
-def make_tiny(args: argparse.Namespace) -> int:
-    from assets.tiny_model import SIZES, make_tiny
-
-    out = make_tiny(args.out_dir, size=args.size, seed=args.seed, family=args.family)
-    print(
-        f"wrote a {args.size} {args.family} ({SIZES[args.size]['text']['num_hidden_layers']} decoder layers, "
-        f"random weights, seed {args.seed}) to {out}"
-    )
-    return 0
-
-
-def make_data(args: argparse.Namespace) -> int:
-    from assets.synthetic import make_dataset
-
-    tasks = args.tasks.split(",") if args.tasks else None
-    paths = make_dataset(
-        args.out_dir, n=args.n, seed=args.seed, tasks=tasks, test_fraction=args.test_fraction, ood=args.ood
-    )
-    for split, path in paths.items():
-        print(f"{split}: {path}")
-    return 0
-
-
-def check_data(args: argparse.Namespace) -> int:
-    from rollout.datasets import DataValidationError, load_questions
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % 200 == 0:
-            print(f"\rchecking audio {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
-
-    try:
-        questions, report = load_questions(args.data, args.audio_root, strict=args.strict, progress=progress)
-    except DataValidationError as err:
-        print(err.report.summary(), file=sys.stderr)
-        return 2
-    print(json.dumps(report.to_dict(), indent=1) if args.json else report.summary())
-    return 0
-
-
-def reward(args: argparse.Namespace) -> int:
-    from reward.rewards import score_response
-
-    for number, line in enumerate(sys.stdin, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if (
-                not isinstance(row, dict)
-                or not isinstance(row.get("response"), str)
-                or not isinstance(row.get("answer"), str)
-            ):
-                raise ValueError('expected {"response": str, "answer": str}')
-            score = score_response(row["response"], row["answer"], thinking=args.thinking, rule=args.rule)
-            out = {"accuracy": score.accuracy, "format": score.format}
-        except ValueError as err:  # json.JSONDecodeError is a ValueError
-            out = {"error": f"line {number}: {err}"}
-        print(json.dumps(out), flush=True)
-    return 0
-
-
-def score(args: argparse.Namespace) -> int:
-    from reward.mmau import mmau_scores
-
-    with open(args.predictions, encoding="utf-8") as handle:
-        items = json.load(handle)
-    if not isinstance(items, list):
-        raise ValueError(f"{args.predictions}: expected a JSON list of MMAU items")
-    scores = mmau_scores(items)
-    print(_scores_text(scores, args.json))
-    if scores["missing_predictions"]:
-        print(
-            f"{scores['missing_predictions']} items have no model_output/model_prediction "
-            f"(first: {scores['missing_ids'][:5]}); counted as wrong",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _scores_text(scores: dict, as_json: bool) -> str:
-    from reward.mmau import format_scores
-
-    return (
-        json.dumps({k: v for k, v in scores.items() if k != "missing_ids"})
-        if as_json
-        else format_scores(scores)
-    )
 
 
 def _config(args: argparse.Namespace):
@@ -134,7 +48,7 @@ def _config(args: argparse.Namespace):
 
 def prepare_assets(config) -> None:
     """Build the synthetic data and the tiny model a config asks for and does not find (once)."""
-    from assets.build import ensure_data, ensure_model
+    from assets.build import ensure_data, ensure_model, ensure_reward_model
     from cluster.config import expand_path, sub_seed
 
     data, model, seed = config.data, config.model, config.train.seed
@@ -159,6 +73,10 @@ def prepare_assets(config) -> None:
         family=model.family,
         log=log.info,
     )
+    for spec in config.reward.models:  # reward models a config asks to build (the tiny CLAP)
+        ensure_reward_model(
+            expand_path(spec.path), spec.build_if_missing, train_path, sub_seed(seed, "clap"), log.info
+        )
 
 
 def prepare(args: argparse.Namespace) -> int:
@@ -267,7 +185,7 @@ def evaluate(args: argparse.Namespace) -> int:
     worker = RolloutWorker(args.model, _engine(args, EngineConfig()), PromptConfig(thinking=args.thinking))
     sampling = SamplingConfig(max_tokens=args.max_tokens) if args.max_tokens else SamplingConfig()
     scores = run_evaluation(worker, questions, sampling, Path(args.out))
-    print(_scores_text(scores, args.json))
+    print(offline.scores_text(scores, args.json))
     print(f"predictions: {args.out}", file=sys.stderr)
     return 0
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cli import commands
+from cli import commands, offline
 from families import FAMILIES
 from rollout.vllm_engine import Dtype
 
@@ -41,16 +41,35 @@ def _make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument(
         "--family",
-        choices=list(FAMILIES),
+        choices=[*FAMILIES, "clap"],
         default="qwen2-audio",
-        help="the model family's architecture, processor and chat template",
+        help="the model family's architecture, processor and chat template; clap: the tiny reward "
+        "model, trained briefly on synthetic captions (--data: on a caption file instead)",
     )
+    p.add_argument("--data", default=None, help="clap only: caption data to train it on")
+
+
+def _retrieval_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a CLAP folder (transformers' ClapModel)")
+    p.add_argument("--data", required=True, help="caption data: Clotho CSV, AudioCaps CSV or JSON lines")
+    p.add_argument(
+        "--audio-root", default=None, help="where audio paths resolve (default: the file's folder)"
+    )
+    p.add_argument("--max-items", type=int, default=0, help="the first N clips only (0 = all)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _make_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="folder for train.jsonl, test.jsonl, test-mmau.json, audio/")
     p.add_argument("--n", type=int, required=True, help="number of items, train and test together")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--task",
+        choices=["choice", "caption"],
+        default="choice",
+        help="multiple-choice questions, or clips with reference captions (caption JSON lines)",
+    )
     p.add_argument(
         "--tasks", default="", help="comma-separated subset of pitch,compare,count,timbre,loudness"
     )
@@ -78,6 +97,15 @@ def _reward_args(p: argparse.ArgumentParser) -> None:
         choices=["r1aqa", "exact"],
         default="r1aqa",
         help="accuracy: R1-AQA's (math-verify's symbolic check, then the tag match) or the tag match alone",
+    )
+    p.add_argument(
+        "--task",
+        choices=["choice", "caption"],
+        default="choice",
+        help='choice: rows {"response", "answer"}; caption: {"response", "references"} (CIDEr-D)',
+    )
+    p.add_argument(
+        "--corpus", default="", help="caption data file whose references make CIDEr-D's statistics"
     )
 
 
@@ -131,7 +159,11 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 def _evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an HF-format Qwen2-Audio folder")
-    p.add_argument("--data", required=True, help="MMAU-format JSON (or AVQA JSON lines)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="MMAU JSON, AVQA JSON lines, or caption data (Clotho/AudioCaps CSV, JSON lines)",
+    )
     p.add_argument("--audio-root", default=None, help="where audio_id paths resolve")
     p.add_argument("--out", required=True, help="predictions, MMAU format with model_output")
     p.add_argument("--max-items", type=int, default=0)
@@ -181,31 +213,42 @@ def subcommands() -> list[Command]:
             commands.plan,
         ),
         ("report", "runs side by side: one Markdown table and one picture", _report_args, commands.report),
-        ("eval", "evaluate a checkpoint on MMAU-format data with vLLM", _evaluation_args, commands.evaluate),
+        (
+            "eval",
+            "evaluate a checkpoint on held-out data with vLLM (MMAU metric or captions)",
+            _evaluation_args,
+            commands.evaluate,
+        ),
         (
             "reward",
-            "score JSON lines {response, answer} from stdin with R1-AQA's rewards",
+            "score JSON lines {response, answer} (or, --task caption, {response, references}) from stdin",
             _reward_args,
-            commands.reward,
+            offline.reward,
         ),
-        ("score", "MMAU's official metric over a predictions file", _score_args, commands.score),
+        ("score", "MMAU's official metric over a predictions file", _score_args, offline.score),
+        (
+            "retrieval-eval",
+            "text-to-audio and audio-to-text R@1/5/10 and mAP@10 of a reward model on caption data",
+            _retrieval_eval_args,
+            offline.retrieval_eval,
+        ),
         (
             "make-tiny",
-            "build a Qwen2-Audio checkpoint with random weights, offline",
+            "build a tiny checkpoint of a family (or the tiny CLAP) offline, random weights",
             _make_tiny_args,
-            commands.make_tiny,
+            offline.make_tiny,
         ),
         (
             "make-data",
             "write a synthetic audio QA set (AVQA JSON lines + WAVs)",
             _make_data_args,
-            commands.make_data,
+            offline.make_data,
         ),
         (
             "check-data",
             "validate a data set and report the rows that would be skipped",
             _check_data_args,
-            commands.check_data,
+            offline.check_data,
         ),
     ]
 

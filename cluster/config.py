@@ -23,6 +23,7 @@ import yaml
 
 from learner.config import LearnerConfig, LoraSettings, LossConfig, OptimizerConfig, ParallelConfig
 from reward.rewards import AccuracyRule, RewardWeights
+from reward_models.spec import RewardModelSpec
 from rollout.prompt import PromptConfig
 from rollout.sampling import SamplingConfig
 from rollout.vllm_engine import EngineConfig
@@ -58,7 +59,7 @@ class DataConfig:
     eval_max_items: int = 0  # 0 = all
     # When the files do not exist: write a synthetic set of this many items there (0 = never).
     synthetic_items: int = 0
-    synthetic_tasks: str = ""  # comma-separated; "" = all tasks
+    synthetic_tasks: str = ""  # comma-separated question tasks; "" = all; "caption": the caption set
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class RewardConfig:
     # tag match alone (see reward/rewards.py).
     accuracy_rule: AccuracyRule = "r1aqa"
     num_actors: int = 1
+    models: tuple[RewardModelSpec, ...] = ()  # model rewards (reward_models/), each weighted in the total
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err).removeprefix(f"{where}: "))
         raise ConfigError(f"{where}: " + "; or ".join(errors))
+    if origin is tuple and typing.get_args(kind)[-1] is Ellipsis:  # tuple[X, ...]: a YAML list
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(kind)[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         return tuple(_coerce(v, a, where) for v, a in zip(value, typing.get_args(kind), strict=True))
     if kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):

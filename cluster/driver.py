@@ -22,7 +22,14 @@ from cluster.config import RunConfig, dump_config, expand_path, sub_seed
 from cluster.evaluation import evaluate
 from cluster.rollout_queue import RolloutQueue
 from learner.checkpoint import latest_checkpoint, prune_checkpoints
-from learner.grpo_step import assemble_batch, responses_and_answers, step_record, usable_groups
+from learner.grpo_step import (
+    assemble_batch,
+    caption_statistics,
+    responses_and_targets,
+    step_record,
+    usable_groups,
+)
+from reward.held_out import eval_record
 from rollout.datasets import EpochSampler, load_questions
 
 log = logging.getLogger("audio_grpo")
@@ -82,7 +89,7 @@ def _due(every: int, step: int, last: bool) -> bool:
 def _show(bar, record: dict) -> None:
     bar.set_postfix(
         reward=f"{record['reward_mean']:.2f}",
-        acc=f"{record['accuracy']:.2f}",
+        acc=f"{record.get('accuracy', record.get('cider_d', 0.0)):.2f}",
         kl=f"{record['kl']:.3f}",
         tok_s=f"{record['generated_tokens_per_s']:.0f}",
     )
@@ -97,19 +104,21 @@ def _progress_bar(config: RunConfig, start: int, enabled: bool):
     )
 
 
-def _start_actors(config: RunConfig, start_endpoint=None):
+def _start_actors(config: RunConfig, start_endpoint=None, cider=None):
     """The placement group, then the learner ranks, the rollout pool (and the live endpoint, if
-    any: both joined to the learner's weight transfer) and the reward actors."""
+    any: both joined to the learner's weight transfer) and the reward actors (with `cider`, the
+    training corpus's CIDEr-D statistics)."""
     from cluster.learner_group import LearnerGroup
     from cluster.placement import make_placement
-    from cluster.pool import RewardPool, RolloutPool
+    from cluster.pool import RolloutPool
+    from cluster.reward_pool import RewardPool
 
     connect_ray(config)
     model = str(expand_path(config.model.path))
     placement = make_placement(config)
     learner = LearnerGroup(config, placement, model)
     pool = RolloutPool(config, placement, model, start_endpoint)
-    rewards = RewardPool(config, placement)
+    rewards = RewardPool(config, placement, cider)
     pool.connect(learner)
     return placement, learner, pool, rewards
 
@@ -166,8 +175,10 @@ class _Run:
         train_cfg, last = self.config.train, step == self.config.train.max_steps
         if train_cfg.eval_every and _due(train_cfg.eval_every, step, last):  # 0: never
             out = self.run_dir / "eval" / f"step-{step}.json"
-            scores = evaluate(self.pool, self.eval_set, self.config.sampling, out)
-            record["eval_accuracy"] = self.held_out[step] = scores["total"]
+            models = self.rewards.models.score if self.rewards.models else None
+            scores = evaluate(self.pool, self.eval_set, self.config.sampling, out, models)
+            record.update(eval_record(scores))
+            self.held_out[step] = scores["total"]
         if not _due(train_cfg.save_every, step, last):
             return None
         saved = self.run_dir / "checkpoints" / f"step-{step}"
@@ -195,7 +206,7 @@ def start_run(
     (run_dir / "config.yaml").write_text(dump_config(config))
     (run_dir / "plan.txt").write_text(plan.render() + "\n")
     train_set, eval_set, skipped_rows = _load_data(config)
-    placement, learner, pool, rewards = _start_actors(config, start_endpoint)
+    placement, learner, pool, rewards = _start_actors(config, start_endpoint, caption_statistics(train_set))
     (run_dir / "placement.json").write_text(json.dumps(placement_record(placement), indent=1))
     start, position, checkpoint = _resume(run_dir, learner, pool) if resume else (0, 0, None)
     run = _Run(config, run_dir, learner, pool, rewards, train_set, eval_set, skipped_rows, placement)
@@ -246,7 +257,8 @@ def _step(run: _Run, step: int) -> tuple[dict[str, Any], Path | None]:
     rollouts = run.queue.take(more=not last)
     phases.mark("generate_s")
     groups = usable_groups(rollouts.questions, rollouts.results, sampling.n)
-    scores = run.rewards.score(*responses_and_answers(groups))
+    clips = [q.audio_path for q, r in groups for _ in r.completions]  # what reward models compare with
+    scores = run.rewards.score(*responses_and_targets(groups), clips)
     phases.mark("reward_s")
     batch = assemble_batch(
         groups,

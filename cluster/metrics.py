@@ -12,7 +12,7 @@ from typing import Any
 # endpoint exports as `ray_audio_grpo_<name>` (Ray prefixes application metrics).
 GAUGES = {
     "reward_mean": "mean total reward of the step's completions",
-    "accuracy": "fraction of completions whose answer is right",
+    "accuracy": "fraction of completions whose answer is right (questions)",
     "format_rate": "fraction of completions in the <answer></answer> format",
     "kl": "mean per-token k3 KL to the reference",
     "loss": "GRPO loss",
@@ -26,6 +26,9 @@ GAUGES = {
     "clip_ratio": "fraction of tokens whose importance ratio was clipped",
     "skipped_rows": "data rows skipped by validation",
     "eval_accuracy": "held-out accuracy (MMAU metric, percent)",
+    "cider_d": "mean CIDEr-D reward of the step's captions",
+    "eval_cider_d": "held-out CIDEr-D of greedy captions",
+    "similarity": "mean reward-model score of the step's captions (reward.models)",
     "worker_restarts": "rollout and reward actors replaced after dying",
 }
 
@@ -92,9 +95,14 @@ class MetricsSink:
 
 
 def logged_eval_scores(run_dir: Path) -> dict[int, float]:
-    """{step: held-out accuracy} from the run's metrics.jsonl (empty for a new run)."""
+    """{step: held-out headline score (accuracy, or CIDEr-D for captions)} from the run's
+    metrics.jsonl (empty for a new run)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
+    return {
+        r["step"]: r.get("eval_accuracy", r.get("eval_cider_d"))
+        for r in records
+        if "eval_accuracy" in r or "eval_cider_d" in r
+    }

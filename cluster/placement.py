@@ -1,14 +1,15 @@
 """Placement: where every actor runs, decided in this one place.
 
-One placement group holds a bundle per learner rank, per rollout worker, per reward actor and, with
-`serve.enabled`, one for the live endpoint (the size of a rollout worker's). An
+One placement group holds a bundle per learner rank, per rollout worker, per reward actor, per
+reward-model actor (`reward.models`, each spec its own size) and, with `serve.enabled`, one for the
+live endpoint (the size of a rollout worker's). An
 actor that dies is replaced in its own bundle, so a replacement never competes for resources.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
@@ -25,6 +26,7 @@ class Placement:
     rollout_bundles: list[int]
     reward_bundles: list[int]
     serve_bundles: list[int]
+    model_bundles: list[list[int]] = field(default_factory=list)  # per reward.models spec
 
     def options(self, bundle: int, cpus: float, gpus: float) -> dict:
         """`.options(...)` for an actor pinned to `bundle` (on a GPU: `gpu_runtime_env`)."""
@@ -64,6 +66,7 @@ def required_cpus(config: RunConfig) -> float:
         + config.rollout.num_workers * config.rollout.cpus_per_worker
         + config.reward.num_actors * 0.1
         + (config.rollout.cpus_per_worker if config.serve.enabled else 0)
+        + sum(m.num_actors * m.cpus_per_actor for m in config.reward.models)
     )
 
 
@@ -76,6 +79,10 @@ def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
     bundles += [_bundle(0.1, 0) for _ in range(config.reward.num_actors)]
     n_serve = int(config.serve.enabled)
     bundles += [dict(rollout_bundle) for _ in range(n_serve)]
+    model_bundles = []
+    for spec in config.reward.models:
+        model_bundles.append(list(range(len(bundles), len(bundles) + spec.num_actors)))
+        bundles += [_bundle(spec.cpus_per_actor, spec.gpus_per_actor) for _ in range(spec.num_actors)]
     group = placement_group(
         bundles, strategy=config.train.placement_strategy, name=f"audio-grpo-{config.name}"
     )
@@ -92,7 +99,8 @@ def make_placement(config: RunConfig, timeout_s: float = 600.0) -> Placement:
         list(range(n_learn)),
         list(range(n_learn, n_learn + n_roll)),
         list(range(n_learn + n_roll, n_fixed)),
-        list(range(n_fixed, len(bundles))),
+        list(range(n_fixed, n_fixed + n_serve)),
+        model_bundles,
     )
 
 
@@ -118,6 +126,7 @@ def placement_record(placement: Placement) -> dict[str, list[dict]]:
         "rollout": placement.rollout_bundles,
         "reward": placement.reward_bundles,
         "serve": placement.serve_bundles,
+        "reward_model": [b for bundles in placement.model_bundles for b in bundles],
     }
     record = {}
     for kind, bundles in kinds.items():

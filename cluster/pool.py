@@ -1,4 +1,5 @@
-"""Actor groups the driver talks to: the rollout pool, the reward actors, the learner ranks.
+"""The rollout pool, the actor group the driver talks to most (the reward actors are in
+`reward_pool.py`, the learner ranks in `learner_group.py`).
 
 Each group hides its actors: it spreads work over them, and when one dies it starts a replacement
 in the same placement bundle and re-runs exactly the work the dead one had (results are taken
@@ -16,7 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from cluster.actors import RewardActor, RolloutActor
+from cluster.actors import RolloutActor
 from cluster.config import RunConfig, sub_seed, weight_transfer_backend
 from cluster.learner_group import LearnerGroup, ready
 from cluster.placement import Placement, address_in_bundle
@@ -221,56 +222,18 @@ class RolloutPool:
         return ray.get([r.get_policy_version.remote() for r in self.receivers])
 
 
-class RewardPool:
-    """Reward actors; a batch is split over them and a dead one is replaced and its share re-scored."""
-
-    def __init__(self, config: RunConfig, placement: Placement):
-        self.config, self.placement = config, placement
-        self.actors = [self._start(b) for b in placement.reward_bundles]
-        self.restarts = 0
-
-    def _start(self, bundle: int):
-        return RewardActor.options(**self.placement.options(bundle, 0.1, 0)).remote(
-            self.config.reward.weights, self.config.prompt.thinking, self.config.reward.accuracy_rule
-        )
-
-    def score(self, responses: list[str], answers: list[str]) -> list:
-        n = len(self.actors)
-        shares = [list(range(i, len(responses), n)) for i in range(n)]
-        out: list = [None] * len(responses)
-        for _attempt in range(self.config.train.max_retries + 1):
-            futures = {
-                i: self.actors[i].score.remote([responses[j] for j in s], [answers[j] for j in s])
-                for i, s in enumerate(shares)
-                if s and any(out[j] is None for j in s)
-            }
-            dead = []
-            for i, future in futures.items():
-                try:
-                    answer = ray.get(future, timeout=self.config.train.reward_timeout_s)
-                    for j, score in zip(shares[i], answer, strict=True):
-                        out[j] = score
-                except (*DEAD, ray.exceptions.GetTimeoutError):
-                    dead.append(i)
-            if not dead:
-                return out
-            for i in dead:
-                log.warning("reward actor %d died or hung; starting a replacement", i)
-                ray.kill(self.actors[i])
-                self.actors[i] = self._start(self.placement.reward_bundles[i])
-                self.restarts += 1
-        raise RuntimeError("reward actors kept dying")
-
-
 def _peak_rss_mb(_actor=None) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def peak_memory(learner: LearnerGroup, pool: RolloutPool, rewards: RewardPool) -> dict[str, list[float]]:
-    """Peak resident memory (MiB) of every actor, by kind, plus this driver."""
+def peak_memory(learner: LearnerGroup, pool: RolloutPool, rewards) -> dict[str, list[float]]:
+    """Peak resident memory (MiB) of every actor, by kind, plus this driver (`rewards`: the
+    RewardPool; its model reward actors count as "reward_model")."""
     kinds = {"learner": learner.ranks, "rollout": pool.workers, "reward": rewards.actors}
+    if rewards.models is not None:
+        kinds["reward_model"] = [a for actors in rewards.models.actors for a in actors]
     out = {
         kind: ray.get([a.__ray_call__.remote(_peak_rss_mb) for a in actors]) for kind, actors in kinds.items()
     }

@@ -1,7 +1,8 @@
 """Runs side by side: `audio-grpo report RUN_DIR... [--out DIR]`.
 
 For each run directory (GRPO from `train`, SFT from `sft`, any mix): MMAU's metric on its held-out
-predictions (`eval/step-N.json`) in total, per task and per difficulty, at the best and at the
+predictions (`eval/step-N.json`) in total, per task and per difficulty (caption runs: CIDEr-D,
+BLEU-4 and ROUGE-L), at the best and at the
 last evaluated step, with the training samples seen (questions drawn: `data_position`) and the
 wall time up to each; then where a step's time went (seconds per step, averaged over the run:
 generation, reward, the learner split into its reference pass, forward, backward and optimizer
@@ -18,14 +19,14 @@ from typing import Any
 
 import yaml
 
-from reward.mmau import mmau_scores
+from reward.held_out import held_out_scores
 
 
 @dataclass
 class RunSummary:
     name: str
     kind: str  # "grpo" or "sft"
-    evals: dict[int, dict[str, Any]]  # step -> MMAU scores
+    evals: dict[int, dict[str, Any]]  # step -> held-out scores (MMAU's, or the caption metrics)
     seen: dict[int, int] = field(default_factory=dict)  # step -> training questions drawn
     seconds: dict[int, float] = field(default_factory=dict)  # step -> wall seconds of the steps so far
     phases: dict[str, float] = field(default_factory=dict)  # metrics.jsonl key -> mean seconds per step
@@ -53,7 +54,7 @@ def read_run(run_dir: str | Path) -> RunSummary:
     evals = {}
     for path in sorted((run_dir / "eval").glob("step-*.json")):
         step = int(path.stem.split("-")[1])
-        evals[step] = mmau_scores(json.loads(path.read_text()))
+        evals[step] = held_out_scores(json.loads(path.read_text()))
     if not evals:
         raise ValueError(f"{run_dir}: no evaluated step (eval/step-N.json)")
     seen, seconds, total = {}, {}, 0.0
@@ -93,18 +94,25 @@ def phase_table(runs: list[RunSummary]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CAPTION_COLUMNS = {"cider_d": "CIDEr-D", "bleu_4": "BLEU-4", "rouge_l": "ROUGE-L"}
+
+
 def markdown_table(runs: list[RunSummary]) -> str:
     """One row per run and point (best, last): total, per task, per difficulty, samples, time."""
     tasks = sorted({t for r in runs for s in r.evals.values() for t in s["task"]})
     levels = sorted({d for r in runs for s in r.evals.values() for d in s["difficulty"]})
-    header = ["run", "kind", "point", "step", "MMAU %", *tasks, *levels, "questions seen", "wall"]
+    captions = [k for k in CAPTION_COLUMNS if any(k in s for r in runs for s in r.evals.values())]
+    header = ["run", "kind", "point", "step", "MMAU %", *tasks, *levels]
+    header += [CAPTION_COLUMNS[k] for k in captions] + ["questions seen", "wall"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for run in runs:
         for point, step in (("best", run.best), ("last", run.last)):
             scores = run.evals[step]
-            cells = [run.name, run.kind, point, str(step), f"{scores['total']:.1f}"]
+            mmau = f"{scores['total']:.1f}" if scores["metric"] == "accuracy" else "-"
+            cells = [run.name, run.kind, point, str(step), mmau]
             cells += [f"{scores['task'].get(t, float('nan')):.1f}" for t in tasks]
             cells += [f"{scores['difficulty'].get(d, float('nan')):.1f}" for d in levels]
+            cells += [f"{scores[k]:.3f}" if k in scores else "-" for k in captions]
             cells += [str(run.seen.get(step, "")), f"{run.seconds.get(step, 0.0) / 60:.1f} min"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -123,7 +131,11 @@ def plot(runs: list[RunSummary], out: Path) -> None:
         label = f"{run.name} ({run.kind})"
         by_step.plot(steps, accuracy, marker="o", label=label)
         by_seen.plot([run.seen.get(s, 0) for s in steps], accuracy, marker="o", label=label)
-    by_step.set(xlabel="training step", ylabel="held-out accuracy (MMAU metric, %)", ylim=(0, 100))
+    if all(s["metric"] == "accuracy" for r in runs for s in r.evals.values()):
+        by_step.set(ylabel="held-out accuracy (MMAU metric, %)", ylim=(0, 100))
+    else:
+        by_step.set(ylabel="held-out score (MMAU %, or CIDEr-D for captions)")
+    by_step.set(xlabel="training step")
     by_seen.set(xlabel="training questions seen")
     for axis in (by_step, by_seen):
         axis.grid(alpha=0.3)

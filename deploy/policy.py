@@ -36,6 +36,7 @@ from learner.checkpoint import latest_checkpoint, read_manifest
 from reward.rewards import extract_answer
 from rollout.audio import SAMPLE_RATE
 from rollout.prompt import PromptConfig, render_prompt
+from rollout.question import task_of, valid_answer
 from rollout.sampling import SamplingConfig, forbidden_token_ids, vllm_sampling_params
 from rollout.vllm_engine import EngineConfig, engine_args, vllm_env
 
@@ -271,10 +272,11 @@ class PolicyEngine:
         answers = [extract_answer(r) for r in responses]
         return {
             "answer": answers[0],
-            "valid": answers[0] in choices,
+            "task": task_of(choices),
+            "valid": valid_answer(answers[0], choices),
             "response": responses[0],
             "samples": [
-                {"answer": a, "valid": a in choices, "response": r}
+                {"answer": a, "valid": valid_answer(a, choices), "response": r}
                 for a, r in zip(answers, responses, strict=True)
             ]
             if n > 1

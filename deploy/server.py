@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from deploy.openai_route import add_openai_routes, chat_serving
 from rollout.audio import AudioError, AudioTooLongError, load_audio
-from rollout.question import ChoiceError, validate_choices
+from rollout.question import CAPTION_QUESTION, ChoiceError, validate_choices
 
 log = logging.getLogger("audio_grpo.serve")
 
@@ -88,7 +88,10 @@ class BodyLimitMiddleware:
 
 
 def parse_choices(raw: Any, limits: ServeLimits) -> list[str]:
-    """2 to 8 distinct, non-empty strings, given as a JSON list (a parsed list is accepted too)."""
+    """2 to 8 distinct, non-empty strings, given as a JSON list (a parsed list is accepted too);
+    none (absent, empty, or []) is a caption request."""
+    if raw is None or raw == "" or raw == []:
+        return []
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -96,6 +99,8 @@ def parse_choices(raw: Any, limits: ServeLimits) -> list[str]:
             raise HTTPException(
                 400, f"choices must be a JSON list of strings: {err.msg} at position {err.pos}"
             ) from None
+    if raw == []:
+        return []
     try:
         validate_choices(raw)
     except ChoiceError as err:
@@ -105,7 +110,10 @@ def parse_choices(raw: Any, limits: ServeLimits) -> list[str]:
     return raw
 
 
-def check_question(question: Any, limits: ServeLimits) -> str:
+def check_question(question: Any, limits: ServeLimits, choices: list[str] | None = None) -> str:
+    """The question as given; a caption request (no choices) may leave it out (CAPTION_QUESTION)."""
+    if question is None and choices == []:
+        return CAPTION_QUESTION
     if not isinstance(question, str) or not question.strip():
         raise HTTPException(400, "question must be a non-empty string")
     if len(question) > limits.max_question_chars:
@@ -209,18 +217,18 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
                 raise HTTPException(503, "the policy engine has stopped; see the server log") from err
             raise HTTPException(500, f"generation failed: {type(err).__name__}: {err}") from err
 
-    @app.post("/v1/answer", summary="Answer one question about an audio clip")
+    @app.post("/v1/answer", summary="Answer one question about an audio clip, or caption it")
     async def answer(
         audio: UploadFile = File(..., description="the clip: WAV, FLAC, OGG, MP3, ..."),
-        question: str = Form(...),
-        choices: str = Form(..., description='JSON list, e.g. ["a", "b"]'),
+        question: str | None = Form(None, description="optional for a caption (no choices)"),
+        choices: str | None = Form(None, description='JSON list, e.g. ["a", "b"]; none: a caption'),
         temperature: float = Form(0.0),
         max_tokens: int | None = Form(None, description="default: the policy's sampling.max_tokens"),
         n: int = Form(1),
     ):
         started = time.perf_counter()
-        check_question(question, limits)
         parsed = parse_choices(choices, limits)
+        question = check_question(question, limits, parsed)
         check_sampling(temperature, max_tokens, n)
         wave = await decode(audio)
         result = await run(wave, question, parsed, temperature, max_tokens, n)
@@ -251,9 +259,8 @@ def create_app(engine_factory, limits: ServeLimits | None = None, token: str | N
             if not isinstance(item, dict):
                 raise HTTPException(400, f"questions[{i}] must be an object with question and choices")
             try:
-                parsed.append(
-                    (check_question(item.get("question"), limits), parse_choices(item.get("choices"), limits))
-                )
+                choices = parse_choices(item.get("choices"), limits)
+                parsed.append((check_question(item.get("question"), limits, choices), choices))
             except HTTPException as err:
                 raise HTTPException(400, f"questions[{i}]: {err.detail}") from None
         check_sampling(temperature, max_tokens, 1)

@@ -1,7 +1,7 @@
 """One GRPO step's bookkeeping, as plain functions shared by every training loop.
 
 The distributed driver (`cluster/driver.py`) and the one-process loop (`learner/local_loop.py`)
-both run: generate -> `usable_groups` -> score `responses_and_answers` -> `assemble_batch` (group
+both run: generate -> `usable_groups` -> score `responses_and_targets` -> `assemble_batch` (group
 advantages) -> the learner's `train_step` -> `step_record`. No Ray, no vLLM, no model here.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from learner.batch import LearnerBatch
 from learner.grpo import group_advantages
+from reward.captions import CiderD
 from reward.rewards import RewardScore, summarize_scores
 from rollout.audio import load_audio
 from rollout.question import AudioQuestion, RolloutResult
@@ -38,11 +39,19 @@ def usable_groups(
     ]
 
 
-def responses_and_answers(groups: Sequence[Group]) -> tuple[list[str], list[str]]:
-    """(completion text, right answer) for every completion, in batch order: what the reward scores."""
+def caption_statistics(train_set: Sequence[AudioQuestion]) -> CiderD | None:
+    """CIDEr-D's document frequencies over the training set's captioned clips (None: no captions),
+    counted once per run: scored within a group, every n-gram would weigh log(1) = 0."""
+    captioned = [q.references for q in train_set if q.task == "caption"]
+    return CiderD(captioned) if captioned else None
+
+
+def responses_and_targets(groups: Sequence[Group]) -> tuple[list[str], list[str | list[str]]]:
+    """(completion text, its target: the right answer or the clip's reference captions) for every
+    completion, in batch order: what the reward scores."""
     texts = [c.text for _, r in groups for c in r.completions]
-    answers = [q.answer for q, r in groups for _ in r.completions]
-    return texts, answers
+    targets = [q.target for q, r in groups for _ in r.completions]
+    return texts, targets
 
 
 def assemble_batch(

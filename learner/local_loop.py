@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.grpo_step import assemble_batch, responses_and_answers, step_record, usable_groups
+from learner.grpo_step import (
+    assemble_batch,
+    caption_statistics,
+    responses_and_targets,
+    step_record,
+    usable_groups,
+)
 from learner.learner import Learner
 from reward.rewards import RewardScorer, RewardWeights, accuracy_reward
 from rollout.datasets import EpochSampler
@@ -81,7 +87,7 @@ def run_local_grpo(
     (`learner.config.sampling`, `.prompt`), so generation and the loss read the same facts.
     """
     sampler = EpochSampler(len(train), loop.seed)
-    scorer = RewardScorer(weights, thinking=learner.config.prompt.thinking)
+    scorer = RewardScorer(weights, thinking=learner.config.prompt.thinking, cider=caption_statistics(train))
     torch.manual_seed(loop.seed)
     history = []
     for step in range(1, loop.steps + 1):
@@ -90,7 +96,7 @@ def run_local_grpo(
         results = _generate(learner, picked, waveforms)
         generated = time.perf_counter()
         groups = usable_groups(picked, results, learner.config.sampling.n)
-        scores = scorer.score(*responses_and_answers(groups))
+        scores = scorer.score(*responses_and_targets(groups))
         batch = assemble_batch(
             groups,
             scores,

@@ -11,6 +11,9 @@
   case-sensitively with the ground truth taken from the solution the same way: 1.0 or 0.0.
 - format: 1.0 iff the whole response fully matches `<answer>.*?</answer>` (DOTALL); the thinking
   variant requires `<think>.*?</think>\\s*<answer>.*?</answer>`.
+- cider_d, the caption task's accuracy: CIDEr-D (`reward/captions.py`) of the answer (the text
+  inside the first one-line `<answer>` span, else the whole response) against the clip's
+  references, with document frequencies from the training corpus. The format reward is the same.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Literal
+
+from reward.captions import CiderD
 
 AccuracyRule = Literal["r1aqa", "exact"]
 
@@ -78,54 +83,84 @@ def format_reward(response: str, thinking: bool = False) -> float:
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """Weights of the two rewards in the total (R1-AQA: 1 and 1)."""
+    """Weights of the rule rewards in the total (R1-AQA: accuracy 1 and format 1; captions score
+    CIDEr-D where questions score accuracy)."""
 
     accuracy: float = 1.0
     format: float = 1.0
+    cider_d: float = 1.0
 
 
 @dataclass(frozen=True)
 class RewardScore:
-    accuracy: float
+    """One response's reward parts and their weighted total; a part the task lacks is None."""
+
     format: float
     total: float
+    accuracy: float | None = None  # multiple choice
+    cider_d: float | None = None  # caption
+    similarity: float | None = None  # a reward model's (reward.models), added by `with_similarity`
 
 
 def score_response(
     response: str,
-    answer: str,
+    target: str | list[str],
     weights: RewardWeights = RewardWeights(),
     thinking: bool = False,
     rule: AccuracyRule = "r1aqa",
+    cider: CiderD | None = None,
 ) -> RewardScore:
-    """Both rewards and their weighted total; `thinking` scores the format's thinking variant."""
-    accuracy = accuracy_reward(response, answer, rule)
+    """The rule rewards and their weighted total. `target`: the right answer (a question), or the
+    reference captions (a caption, scored by CIDEr-D with `cider`'s corpus); `thinking` scores
+    the format's thinking variant."""
     fmt = format_reward(response, thinking=thinking)
-    return RewardScore(accuracy, fmt, weights.accuracy * accuracy + weights.format * fmt)
+    if isinstance(target, str):
+        accuracy = accuracy_reward(response, target, rule)
+        return RewardScore(fmt, weights.accuracy * accuracy + weights.format * fmt, accuracy=accuracy)
+    if cider is None:
+        raise ValueError("a caption is scored with CIDEr-D, which needs the training corpus (cider=)")
+    value = cider.score(extract_answer(response), target)
+    return RewardScore(fmt, weights.cider_d * value + weights.format * fmt, cider_d=value)
+
+
+def with_similarity(score: RewardScore, similarity: float, weight: float) -> RewardScore:
+    """`score` with a reward model's similarity added (weighted) to its total."""
+    total = score.total + weight * similarity
+    return RewardScore(score.format, total, score.accuracy, score.cider_d, similarity)
 
 
 def summarize_scores(scores: list[RewardScore]) -> dict[str, float]:
-    """A step's reward figures, as every training loop logs them."""
+    """A step's reward figures, as every training loop logs them: the mean total, the format rate
+    and the mean of each part the responses have (accuracy, cider_d, similarity)."""
     n = max(1, len(scores))
-    return {
+    out = {
         "reward_mean": sum(s.total for s in scores) / n,
-        "accuracy": sum(s.accuracy for s in scores) / n,
         "format_rate": sum(s.format for s in scores) / n,
     }
+    for part in ("accuracy", "cider_d", "similarity"):
+        values = [getattr(s, part) for s in scores if getattr(s, part) is not None]
+        if values:
+            out[part] = sum(values) / len(values)
+    return out
 
 
 class RewardScorer:
-    """The plain object behind the reward actor: scores a batch of (response, answer) pairs."""
+    """The plain object behind the reward actor: scores a batch of responses against their targets
+    (answers, or reference captions; `cider` holds the training corpus's CIDEr-D statistics)."""
 
     def __init__(
-        self, weights: RewardWeights = RewardWeights(), thinking: bool = False, rule: AccuracyRule = "r1aqa"
+        self,
+        weights: RewardWeights = RewardWeights(),
+        thinking: bool = False,
+        rule: AccuracyRule = "r1aqa",
+        cider: CiderD | None = None,
     ):
-        self.weights, self.thinking, self.rule = weights, thinking, rule
+        self.weights, self.thinking, self.rule, self.cider = weights, thinking, rule, cider
 
-    def score(self, responses: list[str], answers: list[str]) -> list[RewardScore]:
-        if len(responses) != len(answers):
-            raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
+    def score(self, responses: list[str], targets: list[str | list[str]]) -> list[RewardScore]:
+        if len(responses) != len(targets):
+            raise ValueError(f"{len(responses)} responses but {len(targets)} targets")
         return [
-            score_response(r, a, self.weights, self.thinking, self.rule)
-            for r, a in zip(responses, answers, strict=True)
+            score_response(r, t, self.weights, self.thinking, self.rule, self.cider)
+            for r, t in zip(responses, targets, strict=True)
         ]

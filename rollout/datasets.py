@@ -1,7 +1,9 @@
-"""Load AVQA JSON lines and MMAU JSON into validated `AudioQuestion`s.
+"""Load AVQA JSON lines and MMAU JSON (questions), and Clotho CSV, AudioCaps CSV and caption JSON
+lines (`rollout/caption_data.py`), into validated `AudioQuestion`s.
 
 Every row is checked before any training or evaluation starts: parseable, the right types, 2 to 8
-non-empty distinct choices, the answer among them, and audio that exists and decodes. By default
+non-empty distinct choices, the answer among them (a caption: at least one non-empty reference),
+and audio that exists and decodes. By default
 bad rows are skipped, counted and listed in one `ValidationReport`; with `strict=True` the load
 raises `DataValidationError` (carrying the report) before any work starts. Nothing fails mid-run
 because of a bad row.
@@ -19,9 +21,11 @@ from typing import Any, Literal
 import numpy as np
 
 from rollout.audio import AudioError, load_audio
-from rollout.question import AudioQuestion, ChoiceError, validate_choices
+from rollout.caption_data import caption_row_to_question, csv_kind, read_audiocaps, read_clotho
+from rollout.question import AudioQuestion, ChoiceError, RowError, validate_choices
 
-DataFormat = Literal["avqa", "mmau"]
+# avqa: JSON lines, each row an AVQA question or (with "references") a caption item.
+DataFormat = Literal["avqa", "mmau", "clotho", "audiocaps"]
 
 
 class DataValidationError(ValueError):
@@ -34,10 +38,6 @@ class DataValidationError(ValueError):
 
 class DataFormatError(ValueError):
     """The file is neither of the two forms (or empty): nothing in it can be read."""
-
-
-class RowError(ValueError):
-    """One row is invalid; the message says why."""
 
 
 @dataclass
@@ -92,9 +92,12 @@ def _check_text(row: dict, key: str) -> str:
 
 
 def avqa_row_to_question(row: Any, audio_root: Path, allow_duplicates: bool = False) -> AudioQuestion:
-    """One AVQA/R1-AQA JSON-lines record -> AudioQuestion (answer is an index into multi_choice)."""
+    """One AVQA/R1-AQA JSON-lines record -> AudioQuestion (answer is an index into multi_choice);
+    a record with "references" is a caption item (`caption_row_to_question`)."""
     if not isinstance(row, dict):
         raise RowError("row is not a JSON object")
+    if "references" in row:
+        return caption_row_to_question(row, audio_root)
     choices = _choices(row.get("multi_choice"), allow_duplicates)
     answer = row.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, int):
@@ -134,7 +137,8 @@ def mmau_row_to_question(row: Any, audio_root: Path, allow_duplicates: bool = Fa
 
 def detect_format(path: Path) -> DataFormat:
     """From the content, whatever the suffix: a JSON list is MMAU's form, one JSON object per line is
-    AVQA's (R1-AQA's own training file, `train_r1aqa_line.json`, is JSON lines)."""
+    AVQA's (R1-AQA's own training file, `train_r1aqa_line.json`, is JSON lines; caption rows too),
+    a CSV with Clotho's or AudioCaps' header is theirs."""
     with path.open(encoding="utf-8") as handle:
         while True:
             block = handle.read(4096)
@@ -147,14 +151,22 @@ def detect_format(path: Path) -> DataFormat:
         return "mmau"
     if start[0] == "{":
         return "avqa"
+    kind = csv_kind(start.splitlines()[0])
+    if kind:
+        return kind  # type: ignore[return-value]
     raise DataFormatError(
-        f"{path}: neither a JSON list (MMAU) nor JSON lines (AVQA): starts with {start[:20]!r}"
+        f"{path}: not a JSON list (MMAU), JSON lines (AVQA, captions) or a Clotho/AudioCaps CSV: "
+        f"starts with {start[:20]!r}"
     )
 
 
-def _read_rows(path: Path, fmt: DataFormat) -> Iterable[tuple[int, Any, str | None]]:
+def _read_rows(path: Path, fmt: DataFormat, audio_root: Path) -> Iterable[tuple[int, Any, str | None]]:
     """Yield (row number, parsed row or None, parse error or None)."""
-    if fmt == "avqa":
+    if fmt == "clotho":
+        yield from read_clotho(path)
+    elif fmt == "audiocaps":
+        yield from read_audiocaps(path, audio_root)
+    elif fmt == "avqa":
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
@@ -171,6 +183,10 @@ def _read_rows(path: Path, fmt: DataFormat) -> Iterable[tuple[int, Any, str | No
             )
         for number, item in enumerate(items, start=1):
             yield number, item, None
+
+
+def _caption_row(row: Any, audio_root: Path, _allow_duplicates: bool = False) -> AudioQuestion:
+    return caption_row_to_question(row, audio_root)
 
 
 def _audio_problem(path: str) -> str | None:
@@ -195,7 +211,7 @@ def load_questions(
     """Load and validate a data file; return the good questions and the report of the bad rows.
 
     `fmt` is detected from the content when not given (`detect_format`: a JSON list is MMAU, JSON
-    lines are AVQA, whatever the suffix). Audio paths
+    lines are AVQA or caption rows, a CSV is Clotho's or AudioCaps', whatever the suffix). Audio paths
     resolve under `audio_root` (default: the data file's folder). `check_audio` decodes every clip
     once (in `workers` threads) so that a corrupt file is caught here rather than mid-run.
     `allow_duplicate_choices` keeps rows whose choices repeat (listed as warnings): MMAU test-mini
@@ -204,11 +220,11 @@ def load_questions(
     path = Path(path)
     fmt = fmt or detect_format(path)
     root = Path(audio_root) if audio_root is not None else path.parent
-    convert = avqa_row_to_question if fmt == "avqa" else mmau_row_to_question
+    convert = {"avqa": avqa_row_to_question, "mmau": mmau_row_to_question}.get(fmt, _caption_row)
     report = ValidationReport(source=str(path))
     candidates: list[tuple[int, AudioQuestion]] = []
     seen_ids: set[str] = set()
-    for number, row, parse_error in _read_rows(path, fmt):
+    for number, row, parse_error in _read_rows(path, fmt, root):
         report.total += 1
         row_id = str(row.get("id")) if isinstance(row, dict) and "id" in row else None
         try:

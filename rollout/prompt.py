@@ -4,7 +4,9 @@ R1-AQA (its public training and MMAU test code) asks:
     f"{question} Please choose the answer from the following options: {choices}. Output the final
     answer in <answer> </answer>."
 with `{choices}` the Python list repr (e.g. "['Man', 'Woman']") and "video" in AVQA's questions
-replaced by "audio". The text follows one audio part in a single user message, rendered through
+replaced by "audio". A caption request (no choices) keeps the style without the options:
+    f"{question} Output the final answer in <answer> </answer>."
+The text follows one audio part in a single user message, rendered through
 the processor's chat template.
 """
 
@@ -28,9 +30,11 @@ THINKING_INSTRUCTION = (
 
 
 def prompt_text(question: str, choices: list[str], *, thinking: bool = False) -> str:
-    """The user text of the prompt (without chat markup)."""
+    """The user text of the prompt (without chat markup); no choices: a caption request."""
     question = question.replace("video", "audio")
     instruction = THINKING_INSTRUCTION if thinking else ANSWER_INSTRUCTION
+    if not choices:
+        return f"{question} {instruction}"
     return f"{question} Please choose the answer from the following options: {choices}. {instruction}"
 
 

@@ -1,18 +1,28 @@
 """The units that flow through the system: a validated `AudioQuestion` in, its `RolloutResult` out.
 
-`validate_choices` is the one choice validator: data loading and the HTTP endpoint both call it.
+One item type serves both tasks: a multiple-choice question (choices, one of them the answer) and
+a caption request (no choices; reference captions instead). `task_of` is the one place that tells
+them apart. `validate_choices` and `validate_references` are the validators that data loading and
+the HTTP endpoint share.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MIN_CHOICES, MAX_CHOICES = 2, 8
+Task = Literal["choice", "caption"]
+# The caption task's question (R1-AQA's style: the prompt adds the <answer> instruction).
+CAPTION_QUESTION = "Describe the audio in one sentence."
 
 
 class ChoiceError(ValueError):
-    """The choices of a question are unusable; the message says why."""
+    """The choices of a question (or a caption's references) are unusable; the message says why."""
+
+
+class RowError(ValueError):
+    """One data row is invalid; the message says why (the row is reported and skipped)."""
 
 
 def validate_choices(choices: Any, *, allow_duplicates: bool = False) -> list[str]:
@@ -28,10 +38,31 @@ def validate_choices(choices: Any, *, allow_duplicates: bool = False) -> list[st
     return choices
 
 
+def validate_references(references: Any) -> list[str]:
+    """A caption item's references: a non-empty list of non-empty strings."""
+    if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+        raise ChoiceError('references must be a list of strings, e.g. ["a dog barks"]')
+    if not references or any(not r.strip() for r in references):
+        raise ChoiceError("references must hold at least one caption, none of them empty")
+    return references
+
+
+def task_of(choices: list[str]) -> Task:
+    """Choices make a multiple-choice question; none make a caption request."""
+    return "choice" if choices else "caption"
+
+
+def valid_answer(answer: str, choices: list[str]) -> bool:
+    """Whether an extracted answer is usable: one of the choices, or (a caption) any non-empty text."""
+    return answer in choices if choices else bool(answer.strip())
+
+
 @dataclass(frozen=True)
 class AudioQuestion:
-    """A question about one audio clip with 2 to 8 distinct choices, one of which is `answer`.
+    """One audio clip and what is asked of it.
 
+    Multiple choice: 2 to 8 distinct `choices`, one of which is `answer`. Caption: no choices, no
+    answer, and the clip's reference captions in `references` (what CIDEr-D scores against).
     `meta` keeps the source's extra fields (MMAU's task, difficulty, sub-category, ...), which the
     evaluation breaks accuracy down by.
     """
@@ -42,6 +73,16 @@ class AudioQuestion:
     choices: list[str]
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+    references: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> Task:
+        return task_of(self.choices)
+
+    @property
+    def target(self) -> str | list[str]:
+        """What the reward scores a response against: the answer, or the reference captions."""
+        return self.answer if self.choices else self.references
 
 
 @dataclass

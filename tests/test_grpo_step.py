@@ -7,7 +7,7 @@ import torch
 
 from cluster.rollout_queue import RolloutQueue
 from learner.grpo import group_advantages
-from learner.grpo_step import assemble_batch, responses_and_answers, step_record, usable_groups
+from learner.grpo_step import assemble_batch, responses_and_targets, step_record, usable_groups
 from reward.rewards import RewardScorer
 from rollout.datasets import EpochSampler
 from rollout.question import AudioQuestion, Completion, RolloutResult
@@ -35,7 +35,7 @@ def test_usable_groups_drop_failed_and_partial_questions():
     ]
     groups = usable_groups(qs, results, group_size=2)
     assert [q.id for q, _ in groups] == ["q0", "q3"]
-    texts, answers = responses_and_answers(groups)
+    texts, answers = responses_and_targets(groups)
     assert texts == [
         "<answer>high</answer>",
         "<answer>low</answer>",
@@ -48,7 +48,7 @@ def test_usable_groups_drop_failed_and_partial_questions():
 def test_assemble_batch_normalises_rewards_within_each_group():
     qs = [question(i) for i in range(2)]
     groups = usable_groups(qs, [result(qs[0], ["high", "low", "low"]), result(qs[1], ["low"] * 3)], 3)
-    scores = RewardScorer().score(*responses_and_answers(groups))
+    scores = RewardScorer().score(*responses_and_targets(groups))
     batch = assemble_batch(groups, scores, adv_eps=1e-4, with_logprobs=True, audio=lambda q: q.id)
     rewards = torch.tensor([s.total for s in scores])
     assert batch.advantages == pytest.approx(group_advantages(rewards, 3).tolist())
@@ -67,7 +67,7 @@ def test_step_record_holds_the_figures_every_loop_logs():
     qs = [question(i) for i in range(2)]
     results = [result(qs[0], ["high", "low"], version=3), result(qs[1], [], version=4, error="bad clip")]
     groups = usable_groups(qs, results, 2)
-    scores = RewardScorer().score(*responses_and_answers(groups))
+    scores = RewardScorer().score(*responses_and_targets(groups))
     batch = assemble_batch(groups, scores, audio=lambda q: None)
     update = {"kl": 0.1, "loss": 0.2, "grad_norm": 0.3, "lr": 1e-6, "clip_ratio": 0.0, "responses": 2}
     record = step_record(7, results, scores, batch, update, {"generate_s": 0.5, "step_s": 1.0})

@@ -242,3 +242,45 @@ def test_the_openai_client_chats_with_audio_streamed_or_not(server):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(**{**ask, "model": "gpt-4o"})
     assert_still_serving(server)
+
+
+def test_a_clip_without_choices_is_captioned_on_both_routes(server):
+    """A caption request is a clip and no choices (the question may be left out too); the OpenAI
+    route takes the caption prompt as text, as training renders it."""
+    import base64
+
+    import openai
+
+    from rollout.prompt import prompt_text
+    from rollout.question import CAPTION_QUESTION
+
+    response = post(server, files={"audio": ("a.wav", wav())}, data={"max_tokens": "16"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["task"] == "caption" and body["valid"] == bool(body["answer"].strip())
+    asked = post(
+        server, files={"audio": ("a.wav", wav())}, data={"question": CAPTION_QUESTION, "choices": "[]"}
+    )
+    assert asked.status_code == 200 and asked.json()["task"] == "caption"
+    batch = post(
+        server,
+        path="/v1/answer:batch",
+        files={"audio": ("a.wav", wav())},
+        data={
+            "questions": json.dumps(
+                [{"choices": []}, {"question": "High or low?", "choices": ["high", "low"]}]
+            )
+        },
+    )
+    assert batch.status_code == 200, batch.text
+    assert [a["task"] for a in batch.json()["answers"]] == ["caption", "choice"]
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0)
+    clip = base64.b64encode(wav()).decode()
+    content = [
+        {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+        {"type": "text", "text": prompt_text(CAPTION_QUESTION, [])},
+    ]
+    completion = client.chat.completions.create(
+        model="audio-grpo", messages=[{"role": "user", "content": content}], max_tokens=16, temperature=0
+    )
+    assert completion.choices[0].message.content and completion.model_extra["policy_version"] == 0
