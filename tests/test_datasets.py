@@ -147,5 +147,5 @@ def test_the_format_comes_from_the_content_whatever_the_suffix(avqa_file, tmp_pa
     assert detect_format(tmp_path / "list.jsonl") == "mmau"
     for name, text in {"empty.json": " \n", "csv.json": "id,question\n1,q"}.items():
         (tmp_path / name).write_text(text)
-        with pytest.raises(DataFormatError, match="empty data file|neither a JSON list"):
+        with pytest.raises(DataFormatError, match=r"empty data file|not a JSON list \(MMAU\), JSON lines"):
             detect_format(tmp_path / name)
