@@ -60,16 +60,18 @@ def _retrieval_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _task_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """`--task`: the kinds of item `rollout.question.Task` names, multiple choice by default."""
+    from rollout.question import Task
+
+    p.add_argument("--task", choices=list(typing.get_args(Task)), default="choice", help=help_text)
+
+
 def _make_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="folder for train.jsonl, test.jsonl, test-mmau.json, audio/")
     p.add_argument("--n", type=int, required=True, help="number of items, train and test together")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--task",
-        choices=["choice", "caption"],
-        default="choice",
-        help="multiple-choice questions, or clips with reference captions (caption JSON lines)",
-    )
+    _task_arg(p, "multiple-choice questions, or clips with reference captions (caption JSON lines)")
     p.add_argument(
         "--tasks", default="", help="comma-separated subset of pitch,compare,count,timbre,loudness"
     )
@@ -98,12 +100,7 @@ def _reward_args(p: argparse.ArgumentParser) -> None:
         default="r1aqa",
         help="accuracy: R1-AQA's (math-verify's symbolic check, then the tag match) or the tag match alone",
     )
-    p.add_argument(
-        "--task",
-        choices=["choice", "caption"],
-        default="choice",
-        help='choice: rows {"response", "answer"}; caption: {"response", "references"} (CIDEr-D)',
-    )
+    _task_arg(p, 'choice: rows {"response", "answer"}; caption: {"response", "references"} (CIDEr-D)')
     p.add_argument(
         "--corpus", default="", help="caption data file whose references make CIDEr-D's statistics"
     )
