@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from cluster.config import ConfigError, RunConfig
 from cluster.plan_learner import learner_plan, resolve_auto
+from cluster.plan_reward import reward_model_plans
 from cluster.plan_rollout import rollout_plan
 from cluster.plan_units import GIB, PROCESS_HOST, ActorPlan, ModelShape, dtype_bytes, model_shape
 
@@ -70,7 +71,7 @@ class Plan:
         if self.choices:
             lines += ["", *self.choices]
         for actor in self.actors:
-            device = "GPU" if self.on_gpu else "host"
+            device = "GPU" if self.on_gpu and actor.total() else "host"
             lines.append(
                 f"\n{actor.kind} (x{actor.count}): {actor.total() / GIB:.2f} GiB of "
                 f"{actor.capacity / GIB:.0f} GiB {device}"
@@ -104,6 +105,7 @@ def make_plan(config: RunConfig, hardware: Hardware, shape: ModelShape | None = 
     actors = [learner, rollout]
     if config.serve.enabled:
         actors.append(ActorPlan("live endpoint", 1, rollout.needs, rollout.capacity, rollout.problems, []))
+    actors += reward_model_plans(config, gpu, hardware.host_gib * GIB, rollout)
     problems = _gpu_count_problems(config, hardware) if on_gpu else []
     host_need = _host_need(config, shape, hardware, actors, on_gpu)
     if host_need > hardware.host_gib * GIB:
@@ -121,13 +123,14 @@ def _gpu_count_problems(config: RunConfig, hardware: Hardware) -> list[str]:
     wanted = (
         config.learner.num_ranks * config.learner.gpus_per_rank
         + (config.rollout.num_workers + int(config.serve.enabled)) * config.rollout.gpus_per_worker
+        + sum(m.num_actors * m.gpus_per_actor for m in config.reward.models)
     )
     have = hardware.nodes * hardware.gpus_per_node
     if wanted <= have:
         return []
     return [
-        f"the actors ask for {wanted:g} GPUs, the hardware has {have}: lower learner.num_ranks or "
-        "rollout.num_workers, or add nodes (hardware.nodes)"
+        f"the actors ask for {wanted:g} GPUs, the hardware has {have}: lower learner.num_ranks, "
+        "rollout.num_workers or reward.models' gpus_per_actor, or add nodes (hardware.nodes)"
     ]
 
 
@@ -138,14 +141,20 @@ def _host_need(
     process carries its libraries, an offloaded reference lives there, and on CPU everything does."""
     learner = config.learner
     if not on_gpu:
-        return sum(a.count * (a.total() + PROCESS_HOST) for a in actors)
+        return sum(a.count * (a.total() + a.total("host") + PROCESS_HOST) for a in actors)
     per_node = max(1, int(hardware.gpus_per_node // max(learner.gpus_per_rank, 1)))
     ranks_here = min(learner.num_ranks, per_node)
     b = dtype_bytes(learner.parallel.dtype)
     whole = shape.params * b / (learner.num_ranks if learner.parallel.zero_stage == 3 else 1)
     loading = (whole + shape.largest_layer * b) * (2 if learner.loss.beta else 1)
     engines_here = max(0, min(config.rollout.num_workers, hardware.gpus_per_node - ranks_here))
-    return ranks_here * (PROCESS_HOST + loading + actors[0].total("host")) + engines_here * PROCESS_HOST
+    models = [a for a in actors if a.kind.startswith("reward model")]
+    models_here = sum(a.count * (PROCESS_HOST + a.total("host")) for a in models)
+    return (
+        ranks_here * (PROCESS_HOST + loading + actors[0].total("host"))
+        + engines_here * PROCESS_HOST
+        + models_here
+    )
 
 
 def check_fits(config: RunConfig) -> Plan:

@@ -29,7 +29,7 @@ def test_qwen2_5_omni_7b_shape_is_its_thinker_with_the_vision_tower_frozen():
     ("preset", "nodes", "gpu_gib"),
     [("r1-aqa", 1, 80), ("r1-aqa-h200", 1, 141), ("r1-aqa-2node", 2, 80)]
     + [("r1-aqa-think", 1, 80), ("r1-aqa-sft-full", 1, 80), ("r1-aqa-sft-lora", 1, 80)]
-    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80)],
+    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80), ("aac-clotho", 1, 80)],
 )
 def test_gpu_presets_fit_the_hardware_they_name(preset, nodes, gpu_gib):
     config = load_config(preset)
@@ -62,6 +62,23 @@ def test_a_config_that_cannot_fit_is_refused_with_the_setting_to_change():
     assert "host memory" in host.render()
     with pytest.raises(ConfigError, match="does not fit its hardware"):
         check_fits(load_config("r1-aqa", ["hardware.gpu_gib=24", "hardware.host_gib=1024"]))
+
+
+def test_a_reward_model_share_sits_beside_a_rollout_engine_and_must_fit_there():
+    config = load_config("aac-clotho")
+    plan = make_plan(config, Hardware(1, 8, 80, 1024))
+    clap = next(a for a in plan.actors if a.kind == "reward model similarity_clap")
+    assert clap.total() == 4 * GIB and "beside a rollout engine" in plan.render()
+    whole_gpus = make_plan(load_config("aac-clotho", ["rollout.gpus_per_worker=1"]), Hardware(1, 8, 80, 1024))
+    assert not whole_gpus.fits and "rollout.gpus_per_worker <= 0.9" in whole_gpus.render()
+    greedy = ["rollout.engine.gpu_memory_utilization=0.95"]
+    crowded = make_plan(load_config("aac-clotho", greedy), Hardware(1, 8, 80, 1024))
+    assert not crowded.fits and "reward.models[0].gpu_memory_gib" in crowded.render()
+    own_gpu = ["rollout.num_workers=3", "reward.models=[{kind: clap, path: /m, gpus_per_actor: 1}]"]
+    assert make_plan(load_config("aac-clotho", own_gpu), Hardware(1, 8, 80, 1024)).fits
+    too_many = ["reward.models=[{kind: clap, path: /m, gpus_per_actor: 1}]"]
+    over = make_plan(load_config("aac-clotho", too_many), Hardware(1, 8, 80, 1024))
+    assert "ask for 8.6 GPUs" in over.render()
 
 
 @pytest.mark.parametrize("lora_rank", [0, 8])
