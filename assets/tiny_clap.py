@@ -70,7 +70,8 @@ def train_clap(
     *,
     steps: int = 150,
     batch_size: int = 32,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
+    warmup_steps: int = 20,
     seed: int = 0,
     threads: int = 0,
 ) -> None:
@@ -92,6 +93,10 @@ def train_clap(
     rate = extractor.sampling_rate
     features = extractor([resample(w, rate) for w in waves], sampling_rate=rate, return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    # The first gradients are ~60x the later ones: at full rate from step 0 some seeds pushed
+    # both towers to constant outputs within ten steps (loss stuck at log(batch)). A short
+    # warm-up and 1e-3 trained every seed tried.
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
     for _ in range(steps):
         picked = rng.sample(range(len(waves)), min(batch_size, len(waves)))
         texts = [rng.choice(captions[i]) for i in picked]
@@ -103,8 +108,9 @@ def train_clap(
         loss = contrastive_loss(text @ audio.T * model.logit_scale_a.exp(), positive)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # some seeds collapsed the text tower
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        warmup.step()
     model.eval().save_pretrained(model_dir)
 
 

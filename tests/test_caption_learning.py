@@ -38,10 +38,10 @@ def caption_assets(service_env, tmp_path_factory):
     return json.loads(base.stdout.splitlines()[-1])
 
 
-def test_retrieval_eval_and_the_clap_reward_run_on_the_tiny_clap(caption_assets, service_env):
-    """The plumbing, not the model's quality: the tiny CLAP's retrieval figures vary with its
-    training run (t2a R@10 from chance to twice chance seen; issue 22 keeps the quality check
-    open), so this asserts what `retrieval-eval` and the reward compute, not how well."""
+def test_the_tiny_clap_retrieves_above_chance_and_scores_the_right_pitch_higher(caption_assets, service_env):
+    """`retrieval-eval` on the held-out captions: text-to-audio R@10 well above chance (knowing the
+    pitch alone gives at most 2x chance: 68 clips of each pitch tie); as a reward, a caption naming
+    the clip's pitch scores higher than one naming the other, and each clip is embedded once."""
     from reward_models.clap import ClapReward
 
     cache = service_env["AUDIO_GRPO_CACHE"]
@@ -51,20 +51,35 @@ def test_retrieval_eval_and_the_clap_reward_run_on_the_tiny_clap(caption_assets,
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     assert metrics["clips"] == 136 and metrics["captions"] == 680
-    keys = [f"{d}_{m}" for d in ("t2a", "a2t") for m in ("R1", "R5", "R10", "mAP10")]
-    assert all(0.0 <= metrics[k] <= 100.0 for k in keys)
+    assert all(
+        0.0 <= metrics[f"{d}_{m}"] <= 100.0 for d in ("t2a", "a2t") for m in ("R1", "R5", "R10", "mAP10")
+    )
     assert metrics["chance"]["t2a_R10"] == pytest.approx(1000 / 136)
-    model = ClapReward(f"{cache}/tiny-cpu/clap")
-    items = [json.loads(line) for line in open(data)][:8]
-    paths = [f"{cache}/tiny-cpu/captions/{i['audio']}" for i in items] * 2
-    scores = model.score(paths, ["<answer>a high tone</answer>", "no tag at all"] * 8)
-    assert len(scores) == 16 and all(-1.0 <= v <= 1.0 for v in scores)
-    assert len(model._clips) == 8  # each clip embedded once, then kept
-    assert model.score(paths[:1], ["<answer>a high tone</answer>"])[0] == pytest.approx(scores[0], abs=1e-5)
+    assert metrics["t2a_R10"] > 1.5 * metrics["chance"]["t2a_R10"], metrics
+    model = ClapReward(clap)
+    items = [json.loads(line) for line in open(data)][:16]
+    paths = [f"{cache}/tiny-cpu/captions/{i['audio']}" for i in items]
+    said = {"high": "<answer>a high tone</answer>", "low": "<answer>a low tone</answer>"}
+    right = model.score(paths, [said[i["pitch"]] for i in items])
+    wrong = model.score(paths, [said["low" if i["pitch"] == "high" else "high"] for i in items])
+    assert sum(r > w for r, w in zip(right, wrong, strict=True)) >= 14, (right, wrong)
+    assert len(model._clips) == 16  # each clip embedded once, then kept
+    assert model.score(paths[:1], [said[items[0]["pitch"]]])[0] == pytest.approx(right[0], abs=1e-5)
+    assert all(-1.0 <= v <= 1.0 for v in model.score(paths[:2], ["no tag at all", ""]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, extra", [("tiny-cpu-caption-clap", ())], ids=["cider-d-and-clap"])
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        ("tiny-cpu-caption-clap", ()),
+        # The model reward alone: at beta 0.04 it was gamed (word fragments the CLAP scores like the
+        # right pitch); a KL of 0.5 to the fluent start keeps the captions whole while they turn
+        # to the clip's pitch.
+        ("tiny-cpu-caption-clap", ("--set", "reward.weights.cider_d=0", "--set", "learner.loss.beta=0.5")),
+    ],
+    ids=["cider-d-and-clap", "clap-alone"],
+)
 def test_grpo_lifts_held_out_cider_d_above_the_start(config, extra, caption_assets, service_env, tmp_path):
     start = caption_assets
     assert start["metric"] == "cider_d" and start["caption_n"] == 64
