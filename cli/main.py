@@ -135,7 +135,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "each weight update); its address is printed and written to RUN_DIR/endpoint.json",
     )
     p.add_argument("--serve-host", default=None, help="default: serve.host (127.0.0.1)")
-    p.add_argument("--serve-port", type=int, default=None, help="default: serve.port (8000)")
+    p.add_argument(
+        "--serve-port",
+        type=int,
+        default=None,
+        help="default: serve.port (8000); 0: any free port (see RUN_DIR/endpoint.json)",
+    )
     p.add_argument("--token", default=None, help="bearer token for the endpoint (or $AUDIO_GRPO_TOKEN)")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,24 @@ from rollout.sampling import SamplingConfig
 from rollout.vllm_engine import EngineConfig
 
 log = logging.getLogger("audio_grpo")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: a free port), or a RuntimeError that names it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a replacement reuses the port
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise RuntimeError(
+            f"the live endpoint cannot listen on {host}:{port} ({error.strerror}); "
+            "choose another --serve-port (0: any free port)"
+        ) from error
+    listening.listen(2048)
+    listening.set_inheritable(True)
+    return listening
 
 
 class LiveEndpoint:
@@ -63,11 +82,15 @@ class LiveEndpoint:
             weight_transfer=self.weight_transfer,
         )
         app = create_app(lambda: self.policy, token=self.token)
-        settings = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning")
+        # Bind here, not in uvicorn: its bind failure is a sys.exit inside the actor's event loop,
+        # which never returns to the caller; ours is a clear error at once. Port 0: any free port.
+        listening = bind_socket(self.host, self.port)
+        self.port = listening.getsockname()[1]
+        settings = uvicorn.Config(app, log_level="warning")
         self._server = uvicorn.Server(settings)
-        task = asyncio.ensure_future(self._server.serve())
+        task = asyncio.ensure_future(self._server.serve(sockets=[listening]))
         while not self._server.started:
-            if task.done():  # e.g. the port is taken
+            if task.done():
                 where = f"{self.host}:{self.port}"
                 raise RuntimeError(f"the endpoint did not start on {where}: {task.exception()}")
             await asyncio.sleep(0.05)
@@ -95,7 +118,7 @@ def endpoint_starter(config, model_path: str, run_dir: Path, token: str | None, 
     import ray
 
     actor_class = ray.remote(LiveEndpoint)
-    starts = {"n": 0}
+    starts = {"n": 0, "port": config.serve.port}
 
     def start(options: dict):
         starts["n"] += 1
@@ -106,12 +129,13 @@ def endpoint_starter(config, model_path: str, run_dir: Path, token: str | None, 
             config.prompt,
             config.sampling,
             host=config.serve.host,
-            port=config.serve.port,
+            port=starts["port"],
             token=token,
             weight_transfer=weight_transfer,
             wait_s=config.sync.timeout_s,
         )
         url = ray.get(actor.start.remote(), timeout=config.train.generate_timeout_s)
+        starts["port"] = int(url.rsplit(":", 1)[1])  # a replacement listens where users already look
         record = {"url": url, "actor": name, "started": time.time(), "token_required": bool(token)}
         (run_dir / "endpoint.json").write_text(json.dumps(record, indent=1))
         print(f"serving the current policy at {url} (Ray actor {name})", flush=True)

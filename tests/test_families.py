@@ -197,10 +197,9 @@ def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class
     from helpers import wav_bytes as wav
 
     from cli.main import train_command
-    from cluster.network import free_port
 
     run_dir = tmp_path / "run"
-    serve = ("--serve", "--serve-port", str(free_port()))
+    serve = ("--serve", "--serve-port", "0")
     command = train_command(run_dir, config=preset, max_steps=60, extra=(*FAST, *serve))
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)

@@ -284,3 +284,24 @@ def test_a_clip_without_choices_is_captioned_on_both_routes(server):
         model="audio-grpo", messages=[{"role": "user", "content": content}], max_tokens=16, temperature=0
     )
     assert completion.choices[0].message.content and completion.model_extra["policy_version"] == 0
+
+
+def test_the_live_endpoint_names_a_taken_port_and_finds_a_free_one():
+    """`train --serve` binds its own socket: a taken port is a clear error at once (uvicorn's own bind
+    failure exits the actor's event loop and the run would wait out its deadline); 0 picks one."""
+    import socket
+
+    from deploy.live import bind_socket
+
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port}.*--serve-port"):
+            bind_socket("127.0.0.1", port)
+        free = bind_socket("127.0.0.1", 0)
+        assert free.getsockname()[1] not in (0, port)
+        with socket.create_connection(("127.0.0.1", free.getsockname()[1]), timeout=5):
+            pass  # it listens
+        free.close()
+    finally:
+        taken.close()
