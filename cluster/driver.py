@@ -116,9 +116,10 @@ def _start_actors(config: RunConfig, start_endpoint=None, cider=None):
     connect_ray(config)
     model = str(expand_path(config.model.path))
     placement = make_placement(config)
-    learner = LearnerGroup(config, placement, model)
+    learner = LearnerGroup(config, placement, model, wait=False)  # loads while the engines start
     pool = RolloutPool(config, placement, model, start_endpoint)
     rewards = RewardPool(config, placement, cider)
+    learner.wait_ready()
     pool.connect(learner)
     return placement, learner, pool, rewards
 

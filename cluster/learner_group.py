@@ -38,13 +38,15 @@ class LearnerLost(RuntimeError):
 class LearnerGroup:
     """`num_ranks` learner actors forming one DeepSpeed data-parallel group."""
 
-    def __init__(self, config: RunConfig, placement: Placement, model_path: str):
+    def __init__(self, config: RunConfig, placement: Placement, model_path: str, wait: bool = True):
+        """`wait=False`: the ranks are started but not waited for; call `wait_ready()` before use
+        (the driver starts the rollout pool meanwhile: a 7B learner and its engines load together)."""
         self.config, self.placement, self.train, self.model_path = config, placement, config.train, model_path
         self.sync_deadline_s = 4 * config.sync.timeout_s + 60  # init/start/update/finish, each bounded
         self.restarts = 0
-        self._start()
+        self._start(wait)
 
-    def _start(self) -> None:
+    def _start(self, wait: bool = True) -> None:
         cfg, wired = self.config.learner, learner_config(self.config)
         host, port = address_in_bundle(self.placement, self.placement.learner_bundles[0])
         self.ranks = [
@@ -60,7 +62,13 @@ class LearnerGroup:
             )
             for rank, bundle in enumerate(self.placement.learner_bundles)
         ]
-        ready(self.ranks)  # raises here if a rank failed to start
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until every rank has loaded the model and joined the group; raises a rank's start-up
+        error, or GetTimeoutError after train.learner_timeout_s."""
+        ready(self.ranks, timeout_s=self.train.learner_timeout_s)
 
     def restart(self) -> None:
         """New ranks in the same bundles (a fresh process group): after one died, the survivors'

@@ -60,9 +60,9 @@ class RolloutPool:
         bundle and made one more receiver of every weight update; None: no endpoint."""
         self.config, self.placement, self.model_path = config, placement, model_path
         self.workers = [self._start(i) for i in range(len(placement.rollout_bundles))]
-        ready(self.workers)
         self._start_endpoint = start_endpoint
-        self.endpoint = self._endpoint() if start_endpoint else None
+        self.endpoint = self._endpoint() if start_endpoint else None  # the workers start meanwhile
+        ready(self.workers, timeout_s=config.train.generate_timeout_s)
         self.restarts = 0
         self.version = 0
         self.last_sync: dict[str, float] = {}
