@@ -2,11 +2,11 @@
 
 No model hub is reachable here, so tests and the embedded default run on a model we make: a
 supported family's real architecture (Qwen2-Audio by default; Qwen2.5-Omni's thinker, Audio
-Flamingo 3) at a small size, with a byte-level BPE tokenizer trained on the project's prompt
-vocabulary, the family's special tokens and chat template, and a 128-bin Whisper feature
-extractor. The folder loads exactly like the published checkpoints in transformers and vLLM.
-This module is the family dispatch: the builders (`tiny_<family>.py`) and their shared parts
-(`tiny_parts.py`) never import it.
+Flamingo 3, Qwen3-Omni's mixture-of-experts thinker) at a small size, with a byte-level BPE
+tokenizer trained on the project's prompt vocabulary, the family's special tokens and chat
+template, and a 128-bin Whisper feature extractor. The folder loads exactly like the published
+checkpoints in transformers and vLLM. This module is the family dispatch: the builders
+(`tiny_<family>.py`) and their shared parts (`tiny_parts.py`) never import it.
 
 Sizes: `tiny` (about 0.6 M parameters, for tests) and `small` (about 40 M, for benchmarks).
 The same seed gives the same files.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from assets import tiny_audioflamingo3, tiny_qwen2_5_omni, tiny_qwen2_audio
+from assets import tiny_audioflamingo3, tiny_qwen2_5_omni, tiny_qwen2_audio, tiny_qwen3_omni
 from assets.tiny_parts import SIZES, build_tokenizer, parameter_count, widen_audio_weights
 from learner.hf_format import save_hf_folder
 
@@ -29,6 +29,7 @@ BUILDERS = {
     "qwen2-audio": tiny_qwen2_audio,
     "qwen2.5-omni": tiny_qwen2_5_omni,
     "audioflamingo3": tiny_audioflamingo3,
+    "qwen3-omni": tiny_qwen3_omni,
 }
 
 

@@ -37,6 +37,8 @@ SIZES = {
             num_attention_heads=4,
             num_key_value_heads=2,
         ),
+        # Mixture-of-experts families (Qwen3-Omni) replace the MLP with these experts.
+        experts=dict(num_experts=4, moe_intermediate_size=64, num_experts_per_tok=2),
     ),
     "small": dict(
         vocab=4096,
@@ -48,6 +50,7 @@ SIZES = {
             num_attention_heads=8,
             num_key_value_heads=2,
         ),
+        experts=dict(num_experts=8, moe_intermediate_size=256, num_experts_per_tok=2),
     ),
     # About 100M parameters (400 MB in float32): benchmarks only (weight transfer at a few hundred MB).
     "medium": dict(
@@ -60,6 +63,7 @@ SIZES = {
             num_attention_heads=16,
             num_key_value_heads=4,
         ),
+        experts=dict(num_experts=8, moe_intermediate_size=512, num_experts_per_tok=2),
     ),
 }
 

@@ -12,8 +12,9 @@ from families.audioflamingo3 import AudioFlamingo3
 from families.base import EncodedClip, ModelAdapter
 from families.qwen2_5_omni import Qwen2_5Omni
 from families.qwen2_audio import Qwen2Audio
+from families.qwen3_omni import Qwen3Omni
 
-ADAPTERS: tuple[ModelAdapter, ...] = (Qwen2Audio(), Qwen2_5Omni(), AudioFlamingo3())
+ADAPTERS: tuple[ModelAdapter, ...] = (Qwen2Audio(), Qwen2_5Omni(), AudioFlamingo3(), Qwen3Omni())
 FAMILIES = {adapter.family: adapter for adapter in ADAPTERS}
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 
 
 def install_runtime_support() -> None:
-    """Every family's process-wide fixes (Qwen2.5-Omni without torchvision); vLLM's processes run
+    """Every family's process-wide fixes (the Omni families without torchvision); vLLM's processes run
     this through our plugin, before any model is inspected."""
     for adapter in ADAPTERS:
         adapter.install_runtime_support()

@@ -10,6 +10,7 @@ family-specific branch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,11 @@ class ModelAdapter:
         """Parameters read outside their module's forward (ZeRO-3 must be told who uses them)."""
         return []
 
+    def zero3_leaf_modules(self, model) -> list[type]:
+        """Module classes ZeRO-3 gathers whole, hooks on the module only (a mixture-of-experts
+        block, whose router picks a different few experts per token)."""
+        return []
+
     # -- audio -----------------------------------------------------------------------------------
     def encode(self, processor, text: str, wave: np.ndarray, sample_rate: int) -> EncodedClip:
         out = processor(text=text, audio=wave, sampling_rate=sample_rate, return_tensors="pt")
@@ -103,6 +109,11 @@ class ModelAdapter:
             if name.startswith(memory_prefix):
                 return published_prefix + name[len(memory_prefix) :]
         return name
+
+    def checkpoint_tensors(self, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """A published (name, tensor) as checkpoint files store it: itself, unless the family
+        keeps a tensor fused in memory that published files store in parts (experts)."""
+        yield name, tensor
 
     def saved_config(self, model) -> Any:
         """The config a checkpoint folder carries (its `architectures` pick vLLM's class)."""

@@ -1,12 +1,12 @@
-"""Qwen2.5-Omni without torchvision (the CPU profile uninstalls it: ../shared/STACK.md).
+"""Qwen2.5-Omni and Qwen3-Omni without torchvision (the CPU profile uninstalls it: ../shared/STACK.md).
 
 Two things break there, both about vision, which audio training never uses:
 - transformers exports no `VideoProcessorMixin` and cannot build Qwen2-VL's video processor, and the
-  Omni processor insists on a video processor (its class check, and `__call__` reads `merge_size`);
+  Omni processors insist on a video processor (its class check, and `__call__` reads `merge_size`);
 - vLLM's Qwen2-VL module (imported by its Omni model) takes `smart_resize` from the torchvision
   image processor module, whose import fails.
 
-`install()` fixes both for this process: the Omni processor gets a video processor that carries
+`install()` fixes both for this process: the Omni processors get a video processor that carries
 the published sizes and refuses video, and the torchvision image-processor module is stood in by
 its PIL twin (same `smart_resize`). It changes nothing where torchvision imports, and is called by
 our vLLM plugin (every vLLM process, the model-inspection subprocess included) and before we build
@@ -37,18 +37,25 @@ def install() -> None:
         return
     import transformers
     from transformers.models.qwen2_5_omni import processing_qwen2_5_omni
+    from transformers.models.qwen3_omni_moe import processing_qwen3_omni_moe
 
     if _TV_IMAGE_MODULE not in sys.modules:
         sys.modules[_TV_IMAGE_MODULE] = importlib.import_module(_PIL_IMAGE_MODULE)
     # The processor's class check looks these names up on the transformers module.
     transformers.VideoProcessorMixin = VideoProcessorMixin
     transformers.AudioOnlyVideoProcessor = AudioOnlyVideoProcessor
-    processing_qwen2_5_omni.Qwen2_5OmniProcessor.video_processor_class = "AudioOnlyVideoProcessor"
+    omni_processors = (
+        processing_qwen2_5_omni.Qwen2_5OmniProcessor,
+        processing_qwen3_omni_moe.Qwen3OmniMoeProcessor,
+    )
+    for processor in omni_processors:
+        processor.video_processor_class = "AudioOnlyVideoProcessor"
     _INSTALLED = True
 
 
 class AudioOnlyVideoProcessor(VideoProcessorMixin):
-    """Qwen2-VL's video processor sizes without its torchvision pipeline: it refuses video."""
+    """Qwen2-VL's video processor sizes without its torchvision pipeline: it refuses video.
+    Qwen3-Omni's patch is 16 (`AudioOnlyVideoProcessor(patch_size=16)`, saved with it)."""
 
     merge_size = 2
     temporal_patch_size = 2

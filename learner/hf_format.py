@@ -3,7 +3,8 @@
 transformers' `save_pretrained` does not always write what published checkpoints (and vLLM) use
 (Qwen2-Audio: `language_model.model.model.*` instead of `language_model.model.*`), so we write the
 layout ourselves: each family's adapter maps in-memory names to published ones (`published_name`),
-the one mapping shared with the weight transfer to vLLM.
+the one mapping shared with the weight transfer to vLLM, and splits what it keeps fused in memory
+but files store in parts (`checkpoint_tensors`: Qwen3-Omni's experts).
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ def save_hf_folder(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_weights(published_state(model) if weights is None else weights, out)
-    adapter_for(model).saved_config(model).save_pretrained(out)  # its architectures pick vLLM's class
+    adapter = adapter_for(model)
+    weights = published_state(model) if weights is None else weights
+    write_weights((part for pair in weights for part in adapter.checkpoint_tensors(*pair)), out)
+    adapter.saved_config(model).save_pretrained(out)  # its architectures pick vLLM's class
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     if processor is not None:

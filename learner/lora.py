@@ -27,11 +27,16 @@ def add_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = [m.strip() for m in settings.target_modules.split(",")]
+    pattern = adapter_for(model).lora_pattern(targets, settings.audio)
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=adapter_for(model).lora_pattern(targets, settings.audio),
+        target_modules=pattern,
+        # For models whose weights transformers converts (mixture of experts) peft reduces a regex
+        # to bare leaf names, which would catch the audio encoder's q_proj too: what the pattern
+        # does not match stays excluded.
+        exclude_modules=f"(?!(?:{pattern})$).*",
     )
     model = inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from families import adapter_for
 from learner.grpo import completion_mask, token_logprobs
@@ -66,10 +67,13 @@ def encode_questions(
         )
         for (question, choices), wave in zip(questions, waveforms, strict=True)
     ]
+    # A processor that pads each clip only to its own length (Qwen3-Omni) gives rows of several
+    # lengths: padded to the longest, the mask says which frames are real.
+    frames = max(c.features.shape[-1] for c in clips)
     return EncodedQuestions(
         [c.prompt_ids for c in clips],
-        torch.cat([c.features for c in clips]),
-        torch.cat([c.feature_mask for c in clips]),
+        torch.cat([F.pad(c.features, (0, frames - c.features.shape[-1])) for c in clips]),
+        torch.cat([F.pad(c.feature_mask, (0, frames - c.feature_mask.shape[-1])) for c in clips]),
         [len(c.features) for c in clips],
     )
 

@@ -35,6 +35,8 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from rollout import vllm_fixes
+
 DEFAULT_BUCKET_BYTES = 256 * 1024**2
 MAGIC = 0x5EED
 BACKEND = "gloo"
@@ -59,10 +61,12 @@ class _KeptLayersFilter(logging.Filter):
 
 def register() -> None:
     """vLLM general-plugin entry point, run in every vLLM process: add the gloo engines to vLLM's
-    registries; each model family's process-wide fixes (Qwen2.5-Omni without torchvision). Idempotent."""
+    registries; each model family's process-wide fixes (the Omni families without torchvision); our
+    fix to vLLM's CPU experts after a weight update (`rollout/vllm_fixes.py`). Idempotent."""
     from families import install_runtime_support
 
     install_runtime_support()
+    vllm_fixes.install()
     reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     if not any(isinstance(f, _KeptLayersFilter) for f in reload_log.filters):
         reload_log.addFilter(_KeptLayersFilter())

@@ -144,3 +144,22 @@ def service_env(ray_head, tmp_path_factory):
     )
     assert built.returncode == 0, built.stderr[-3000:]
     return env
+
+
+@pytest.fixture(scope="session")
+def clip_questions(tmp_path_factory):
+    """Three pitch questions on tones of different lengths (wav files), for greedy comparisons."""
+    import soundfile as sf
+    from helpers import tone
+
+    from rollout.audio import SAMPLE_RATE
+    from rollout.question import AudioQuestion
+
+    root = tmp_path_factory.mktemp("clips")
+    questions = []
+    for i, freq in enumerate([300.0, 2000.0, 800.0]):
+        sf.write(root / f"{i}.wav", tone(freq, 1.0 + 0.3 * i), SAMPLE_RATE)
+        questions.append(
+            AudioQuestion(str(i), str(root / f"{i}.wav"), "Is the tone high or low?", ["high", "low"], "high")
+        )
+    return questions

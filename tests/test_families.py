@@ -34,8 +34,15 @@ def omni_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def family_dirs(af3_dir, omni_dir):
-    return {"audioflamingo3": af3_dir, "qwen2.5-omni": omni_dir}
+def qwen3_dir(tmp_path_factory):
+    from assets.tiny_model import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "qwen3", family="qwen3-omni")
+
+
+@pytest.fixture(scope="module")
+def family_dirs(af3_dir, omni_dir, qwen3_dir):
+    return {"audioflamingo3": af3_dir, "qwen2.5-omni": omni_dir, "qwen3-omni": qwen3_dir}
 
 
 def test_the_family_comes_from_config_json_and_unknown_ones_are_refused(
@@ -116,7 +123,7 @@ def test_lora_targets_the_decoder_and_with_audio_the_encoder_never_the_vision_to
     assert not any(n.startswith("visual") for n in lora_layers(both))
 
 
-@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni", "qwen3-omni"])
 def test_learner_logprobs_equal_the_models_forward(family, family_dirs):
     """Omni's encoder runs on each clip's real frames in 2 s chunks; AF3 cuts 40 s into 2 windows."""
     from learner.policy import audio_embeddings, build_rows, completion_logprobs, encode_questions
@@ -148,7 +155,7 @@ def test_learner_logprobs_equal_the_models_forward(family, family_dirs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni", "qwen3-omni"])
 def test_greedy_output_in_vllm_equals_transformers(family, family_dirs, tmp_path):
     import soundfile as sf
     from helpers import tone

@@ -7,14 +7,11 @@ import threading
 import time
 
 import pytest
-import soundfile as sf
-from helpers import make_learner, pitch_batch, tone
+from helpers import make_learner, pitch_batch
 
 from cluster.network import free_port
-from rollout.audio import SAMPLE_RATE
 from rollout.hf_engine import hf_generate
 from rollout.policy_gate import PolicyGate
-from rollout.question import AudioQuestion
 from rollout.sampling import SamplingConfig
 from rollout.weight_transfer import plan_chunks
 
@@ -50,18 +47,6 @@ def test_gate_keeps_requests_away_from_an_update_and_stays_shut_after_a_failed_o
     with pytest.raises(RuntimeError, match="cannot be trusted: receiver failed half-way"):
         with gate.generating(timeout_s=5):
             pass
-
-
-@pytest.fixture(scope="module")
-def clip_questions(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clips")
-    questions = []
-    for i, freq in enumerate([300.0, 2000.0, 800.0]):
-        sf.write(root / f"{i}.wav", tone(freq, 1.0 + 0.3 * i), SAMPLE_RATE)
-        questions.append(
-            AudioQuestion(str(i), str(root / f"{i}.wav"), "Is the tone high or low?", ["high", "low"], "high")
-        )
-    return questions
 
 
 def _greedy_ids(results) -> list[list[int]]:
