@@ -19,6 +19,7 @@ from cluster.plan_units import (
     ModelShape,
     Need,
     dtype_bytes,
+    transfer_chunk,
 )
 
 
@@ -63,8 +64,8 @@ def state_needs(config: RunConfig, shape: ModelShape) -> list[Need]:
         needs.append(Need("reference model", p * b / per[stage == 3], where))
     if stage == 3:
         needs.append(Need("ZeRO-3 gathered layers (current + prefetched)", 2 * shape.largest_layer * b))
-    sender = 3 * config.sync.bucket_mb * 2**20  # one gathered group + two send buffers
-    needs.append(Need("weight transfer (rank 0)", sender))
+    chunk, _ = transfer_chunk(config, shape)
+    needs.append(Need("weight transfer (rank 0: one gathered group + two send buffers)", 3 * chunk))
     if learner.gpus_per_rank > 0:
         needs.append(Need("CUDA context, NCCL", CUDA_CONTEXT))
     return needs
@@ -89,6 +90,8 @@ def lora_params(config: RunConfig, shape: ModelShape) -> int:
         "q_proj": 2 * h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": 2 * h,
         "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h,
     }  # fmt: skip
+    if shape.experts:  # experts are parameters, not Linear modules: LoRA finds attention only
+        sides = {k: v for k, v in sides.items() if k not in ("gate_proj", "up_proj", "down_proj")}
     per_layer = sum(sides.get(m.strip(), 0) for m in lora.target_modules.split(","))
     audio = 6 * shape.audio_hidden + 2 * (shape.audio_hidden + shape.audio_intermediate) if lora.audio else 0
     return lora.rank * (shape.layers * per_layer + shape.audio_layers * audio)
@@ -216,6 +219,13 @@ def resolve_auto(config: RunConfig, shape: ModelShape, capacity: float) -> tuple
 def learner_plan(config: RunConfig, shape: ModelShape, capacity: float) -> ActorPlan:
     needs, parallel = learner_needs(config, shape), config.learner.parallel
     plan = ActorPlan("learner rank", config.learner.num_ranks, needs, capacity, [], [])
+    if shape.experts:
+        gathered = f"; ZeRO-3 gathers a layer with all its experts ({shape.largest_layer / 1e9:.2f} B)"
+        plan.notes.append(
+            f"mixture of experts: {shape.params / 1e9:.1f} B parameters, {shape.active / 1e9:.1f} B active "
+            f"per token ({shape.experts_per_token} of {shape.experts} experts); memory holds them all"
+            + (gathered if parallel.zero_stage == 3 else "")
+        )
     no_grad = parallel.no_grad_questions
     if isinstance(no_grad, int):  # the no-grad passes come before the micro-batches' activations
         passes = no_grad_needs(config, shape, dtype_bytes(parallel.dtype), no_grad)

@@ -5,7 +5,16 @@ endpoint's is the same)."""
 from __future__ import annotations
 
 from cluster.config import RunConfig
-from cluster.plan_units import CUDA_CONTEXT, GIB, PROMPT_TEXT_TOKENS, ActorPlan, ModelShape, Need, dtype_bytes
+from cluster.plan_units import (
+    CUDA_CONTEXT,
+    GIB,
+    PROMPT_TEXT_TOKENS,
+    ActorPlan,
+    ModelShape,
+    Need,
+    dtype_bytes,
+    transfer_chunk,
+)
 
 
 def rollout_needs(config: RunConfig, shape: ModelShape, gpu_bytes: float) -> tuple[list[Need], float]:
@@ -40,15 +49,26 @@ def rollout_plan(config: RunConfig, shape: ModelShape, gpu: float, on_gpu: bool,
         f"KV cache holds {tokens:.0f} tokens: {tokens * config.sampling.n / group_tokens:.0f} completions "
         f"of prompt + sampling.max_tokens at once ({config.sampling.n} per question)"
     )
-    if kv < group_tokens * per_token:
+    weights = shape.params * dtype_bytes(engine.dtype)
+    if on_gpu and weights > engine.gpu_memory_utilization * gpu:
+        plan.problems.append(
+            f"one GPU cannot hold this engine: its weights are {weights / GIB:.1f} GiB, its share "
+            f"(rollout.engine.gpu_memory_utilization {engine.gpu_memory_utilization}) is "
+            f"{engine.gpu_memory_utilization * gpu / GIB:.1f} GiB; an engine over several GPUs "
+            "(rollout.engine.tensor_parallel_size) is not supported yet: a larger GPU"
+        )
+    elif kv < group_tokens * per_token:
         setting = "rollout.engine.gpu_memory_utilization" if on_gpu else "rollout.engine.kv_cache_gib"
         plan.problems.append(
             f"the KV cache ({max(kv, 0) / GIB:.2f} GiB) cannot hold one question's {config.sampling.n} "
             f"completions ({group_tokens * per_token / GIB:.2f} GiB): raise {setting} or lower "
             "sampling.max_tokens"
         )
+    chunk, why = transfer_chunk(config, shape)
+    if why:
+        plan.notes.append(why)
     if on_gpu:
-        outside = CUDA_CONTEXT + 2 * config.sync.bucket_mb * 2**20  # NCCL receive buffers
+        outside = CUDA_CONTEXT + 2 * chunk  # NCCL receive buffers
         plan.needs.append(Need("outside vLLM's share: CUDA context + transfer buffers", outside))
         if engine.gpu_memory_utilization * gpu + outside > gpu:
             plan.problems.append(

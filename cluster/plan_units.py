@@ -36,6 +36,17 @@ class ModelShape:
     audio_positions: int  # encoder positions of a 30 s clip
     audio_tokens: int  # prompt tokens of a 30 s clip
     frozen: int = 0  # parameters of modules the family never runs (a vision tower): not trained
+    # Mixture of experts: a token runs `experts_per_token` of `experts` per layer, so it uses
+    # `active_params` of `params`; `intermediate` above is then what it runs (top-k x expert size).
+    experts: int = 0
+    experts_per_token: int = 0
+    active_params: int = 0  # what one token runs (the unused vision tower left out); 0: dense
+    largest_tensor: int = 0  # parameters of the biggest single tensor (a fused expert tensor)
+    largest_tensor_name: str = ""
+
+    @property
+    def active(self) -> int:
+        return self.active_params or self.params
 
 
 def _hf_config(model_path: str):
@@ -67,12 +78,20 @@ def model_shape(model_path: str) -> ModelShape:
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     layer = sum(p.numel() for p in adapter.decoder(model).layers[0].parameters())
-    largest = max(p.numel() for p in model.parameters())
+    name, largest = max(((n, p.numel()) for n, p in model.named_parameters()), key=lambda item: item[1])
+    params = sum(p.numel() for p in model.parameters())
+    frozen = sum(p.numel() for m in adapter.unused_modules for p in model.get_submodule(m).parameters())
+    experts, per_token = getattr(text, "num_experts", 0), getattr(text, "num_experts_per_tok", 0)
+    intermediate, active = text.intermediate_size, 0
+    if experts:
+        expert_params = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
+        active = params - frozen - expert_params + expert_params * per_token // experts
+        intermediate = per_token * text.moe_intermediate_size
     return ModelShape(
-        params=sum(p.numel() for p in model.parameters()),
+        params=params,
         largest_layer=max(layer, largest),
         hidden=text.hidden_size,
-        intermediate=text.intermediate_size,
+        intermediate=intermediate,
         layers=text.num_hidden_layers,
         vocab=text.vocab_size,
         kv_width=text.num_key_value_heads * head_dim,
@@ -80,8 +99,13 @@ def model_shape(model_path: str) -> ModelShape:
         audio_intermediate=audio.encoder_ffn_dim,
         audio_layers=audio.encoder_layers,
         audio_positions=audio.max_source_positions,
-        audio_tokens=audio.max_source_positions // 2,
-        frozen=sum(p.numel() for m in adapter.unused_modules for p in model.get_submodule(m).parameters()),
+        audio_tokens=adapter.clip_tokens(audio),
+        frozen=frozen,
+        experts=experts,
+        experts_per_token=per_token,
+        active_params=active,
+        largest_tensor=largest,
+        largest_tensor_name=adapter.published_name(name),
     )
 
 
@@ -94,6 +118,20 @@ class Need:
 
 def dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
+
+
+def transfer_chunk(config, shape: ModelShape) -> tuple[float, str]:
+    """Bytes of one weight-transfer chunk, and why when it is not `sync.bucket_mb`: a chunk closes
+    after the tensor that crosses the bucket, so a tensor larger than the bucket (a fused expert
+    tensor, a large vocabulary's embedding) travels whole and sets the buffers' size."""
+    bucket = config.sync.bucket_mb * 2**20
+    largest = shape.largest_tensor * dtype_bytes(config.rollout.engine.dtype)
+    if largest <= bucket:
+        return bucket, ""
+    return largest, (
+        f"{shape.largest_tensor_name} ({largest / GIB:.2f} GiB) is larger than sync.bucket_mb "
+        f"({config.sync.bucket_mb} MiB): it travels whole, so each transfer buffer holds it"
+    )
 
 
 @dataclass

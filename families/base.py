@@ -87,6 +87,10 @@ class ModelAdapter:
         return []
 
     # -- audio -----------------------------------------------------------------------------------
+    def clip_tokens(self, audio_config) -> int:
+        """Prompt tokens of a 30 s clip (the planner's unit): Whisper-like encoders pool by 2."""
+        return audio_config.max_source_positions // 2
+
     def encode(self, processor, text: str, wave: np.ndarray, sample_rate: int) -> EncodedClip:
         out = processor(text=text, audio=wave, sampling_rate=sample_rate, return_tensors="pt")
         return EncodedClip(out.input_ids[0].tolist(), out.input_features, out[self.feature_mask_key])

@@ -59,6 +59,13 @@ class Qwen3Omni(Qwen2_5Omni):
 
         return list(flat.split(_get_feat_extract_output_lengths(mask.sum(-1)).tolist()))
 
+    def clip_tokens(self, audio_config) -> int:
+        from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+            _get_feat_extract_output_lengths,
+        )
+
+        return int(_get_feat_extract_output_lengths(torch.tensor(3000)))  # 8x down: 390
+
     def zero3_leaf_modules(self, model) -> list[type]:
         from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as modeling
 

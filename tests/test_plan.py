@@ -25,11 +25,34 @@ def test_qwen2_5_omni_7b_shape_is_its_thinker_with_the_vision_tower_frozen():
     assert 0.6e9 < shape.frozen < 0.7e9  # the vision tower: not trained, no optimizer state
 
 
+def test_qwen3_omni_shape_counts_every_expert_and_what_a_token_runs():
+    """Mixture of experts: memory holds all 128 experts, a token runs 8; the fused expert tensor is
+    the largest and larger than the default transfer bucket; LoRA finds attention only."""
+    shape = model_shape("/models/Qwen3-Omni-30B-A3B-Instruct")
+    assert 31.5e9 < shape.params < 32e9 and (shape.experts, shape.experts_per_token) == (128, 8)
+    assert 3.5e9 < shape.active < 4.5e9 and shape.audio_tokens == 390  # 8x downsampling: 13/s
+    assert shape.intermediate == 8 * 768  # what a token runs: activations and vLLM's profile
+    assert shape.largest_tensor_name.endswith("mlp.experts.gate_up_proj")
+    assert shape.largest_tensor == 128 * 2 * 768 * 2048 and shape.largest_layer > shape.largest_tensor
+    plan = make_plan(load_config("r1-aqa-qwen3-omni", ["sync.bucket_mb=256"]), Hardware(1, 8, 80, 1024))
+    text = plan.render()
+    assert "8 of 128 experts" in text and "larger than sync.bucket_mb (256 MiB): it travels whole" in text
+    transfer = next(n for n in plan.actors[0].needs if n.item.startswith("weight transfer"))
+    assert transfer.nbytes == 3 * shape.largest_tensor * 2  # three buffers sized by the expert tensor
+    full = make_plan(
+        load_config("r1-aqa-qwen3-omni", ["learner.lora.rank=0", "learner.parallel.zero_stage=3"]),
+        Hardware(1, 8, 80, 1024),
+    )
+    assert not full.fits and "gathers a layer with all its experts" in full.render()
+    small = make_plan(load_config("r1-aqa-qwen3-omni"), Hardware(1, 8, 48, 1024))
+    assert "one GPU cannot hold this engine" in small.render() and "tensor_parallel_size" in small.render()
+
+
 @pytest.mark.parametrize(
     ("preset", "nodes", "gpu_gib"),
     [("r1-aqa", 1, 80), ("r1-aqa-h200", 1, 141), ("r1-aqa-2node", 2, 80)]
     + [("r1-aqa-think", 1, 80), ("r1-aqa-sft-full", 1, 80), ("r1-aqa-sft-lora", 1, 80)]
-    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80), ("aac-clotho", 1, 80)],
+    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80), ("aac-clotho", 1, 80), ("r1-aqa-qwen3-omni", 1, 80)],
 )
 def test_gpu_presets_fit_the_hardware_they_name(preset, nodes, gpu_gib):
     config = load_config(preset)
