@@ -81,11 +81,6 @@ class ModelAdapter:
         """Parameters read outside their module's forward (ZeRO-3 must be told who uses them)."""
         return []
 
-    def zero3_leaf_modules(self, model) -> list[type]:
-        """Module classes ZeRO-3 gathers whole, hooks on the module only (a mixture-of-experts
-        block, whose router picks a different few experts per token)."""
-        return []
-
     # -- audio -----------------------------------------------------------------------------------
     def clip_tokens(self, audio_config) -> int:
         """Prompt tokens of a 30 s clip (the planner's unit): Whisper-like encoders pool by 2."""

@@ -10,9 +10,13 @@ parameters, `mlp.experts.gate_up_proj` [E, 2I, H] (gate half first) and `mlp.exp
 again (`checkpoint_tensors`). Weight updates send the fused tensors under `thinker.` names: vLLM's
 fused-MoE loader takes a 3-D expert tensor whole, one tensor per layer and kind instead of 3E.
 
-ZeRO-3 treats the sparse MLP as one leaf (its experts gathered together: the router picks a
-different few per token, and hooks per expert would fetch them one by one). LoRA's default
-targets match attention only here: experts are parameters, not Linear modules.
+Under ZeRO-3 the experts need no leaf-module marking (what ms-swift does for transformers 4.x,
+whose experts were one module each): here they are one module with two parameters, gathered
+whole when the block runs, so the parameter trace does not depend on the routing (tests/
+test_learner.py runs two ZeRO-3 ranks on this family). Marking the sparse block a leaf broke our
+two-pass forward (prompt, then completions) in DeepSpeed 0.19.8: its gradients were reduced twice
+per step (an assertion in stage 3's bucket). LoRA's default targets match attention only here:
+experts are parameters, not Linear modules.
 """
 
 from __future__ import annotations
@@ -65,11 +69,6 @@ class Qwen3Omni(Qwen2_5Omni):
         )
 
         return int(_get_feat_extract_output_lengths(torch.tensor(3000)))  # 8x down: 390
-
-    def zero3_leaf_modules(self, model) -> list[type]:
-        from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as modeling
-
-        return [modeling.Qwen3OmniMoeThinkerTextSparseMoeBlock]
 
     def checkpoint_tensors(self, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """A fused expert tensor as the published per-expert weights (views, no copy)."""

@@ -117,18 +117,6 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     )
 
 
-def mark_zero3_leaves(model: Any) -> None:
-    """Under ZeRO-3: the family's leaf modules (a mixture-of-experts block) are gathered whole by
-    one hook, not expert by expert as the router picks them."""
-    from families import adapter_for
-
-    leaves = adapter_for(model).zero3_leaf_modules(model)
-    if leaves:
-        from deepspeed.utils import set_z3_leaf_modules
-
-        set_z3_leaf_modules(model, leaves)
-
-
 def build_reference(config: LearnerConfig, model_path: str, dtype, device):
     """The frozen reference scorer: under ZeRO-3 its own inference engine, sharded over the ranks
     (optionally offloaded); otherwise a whole copy on this rank's device."""
@@ -142,8 +130,6 @@ def build_reference(config: LearnerConfig, model_path: str, dtype, device):
     with zero3_loading(ds_config) if parallel.zero_stage == 3 else contextlib.nullcontext():
         model = adapter_for(model_path).load(model_path, dtype)
     model.eval().requires_grad_(False)
-    if parallel.zero_stage == 3:
-        mark_zero3_leaves(model)
     scorer = CompletionScorer(
         model, config.sampling.temperature, parallel.share_prompt, parallel.gradient_checkpointing
     )

@@ -26,7 +26,6 @@ from learner.deepspeed_setup import (
     deepspeed_config,
     init_distributed,
     lr_lambda,
-    mark_zero3_leaves,
     zero3_loading,
 )
 from learner.grpo_update import grpo_update
@@ -77,8 +76,6 @@ class Learner:
         with zero3_loading(ds_config):
             policy = adapter_for(self.model_path).load(self.model_path, dtype)
         adapter_for(policy).freeze_unused(policy)
-        if parallel.zero_stage == 3:
-            mark_zero3_leaves(policy)
         if config.lora.rank:
             from learner.lora import add_lora
 

@@ -28,6 +28,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def moe_model_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3-Omni thinker (mixture of experts)."""
+    from assets.tiny_model import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "qwen3-omni", family="qwen3-omni")
+
+
+@pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     from assets.synthetic import make_dataset
 

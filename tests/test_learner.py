@@ -161,13 +161,16 @@ def test_world_size_two_equals_world_size_one(tiny_model_dir, ray_cluster, loss_
         ray.kill(actor)
 
 
+@pytest.mark.parametrize("family", ["qwen2-audio", "qwen3-omni"])
 def test_zero3_two_ranks_shard_the_reference_complete_the_trace_and_match_one_rank(
-    tiny_model_dir, ray_cluster
+    family, ray_cluster, request
 ):
     """ZeRO-3 over two gloo ranks: the policy and the frozen reference are both sharded (each rank
     holds about half), every forward goes through one root module so DeepSpeed's parameter trace is
-    complete after the first step (prefetching on), and the updates equal one unsharded rank's."""
+    complete after the first step (prefetching on), and the updates equal one unsharded rank's.
+    The mixture of experts too: its experts module gathered whole whichever experts a token picks."""
     ray = ray_cluster
+    tiny_model_dir = request.getfixturevalue("moe_model_dir" if family == "qwen3-omni" else "tiny_model_dir")
     import numpy as np
 
     from cluster.actors import LearnerActor

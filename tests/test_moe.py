@@ -15,22 +15,15 @@ from families import FAMILIES, adapter_for, load_processor
 from rollout.prompt import render_prompt
 
 
-@pytest.fixture(scope="module")
-def moe_dir(tmp_path_factory):
-    from assets.tiny_model import make_tiny
-
-    return make_tiny(tmp_path_factory.mktemp("models") / "qwen3-omni", family="qwen3-omni")
-
-
-def test_checkpoint_is_the_published_per_expert_layout_and_updates_send_fused_experts(moe_dir):
+def test_checkpoint_is_the_published_per_expert_layout_and_updates_send_fused_experts(moe_model_dir):
     from learner.config import LoraSettings
     from learner.lora import add_lora, engine_weights, lora_layers
 
-    with safe_open(str(moe_dir / "model.safetensors"), "pt") as weights:
+    with safe_open(str(moe_model_dir / "model.safetensors"), "pt") as weights:
         keys = list(weights.keys())
         gate = weights.get_tensor("thinker.model.layers.0.mlp.experts.3.gate_proj.weight")
     assert all(k.startswith("thinker.") for k in keys)
-    config = json.loads((moe_dir / "config.json").read_text())
+    config = json.loads((moe_model_dir / "config.json").read_text())
     assert config["model_type"] == "qwen3_omni_moe" and config["enable_audio_output"] is False
     assert config["architectures"] == ["Qwen3OmniMoeForConditionalGeneration"]  # what vLLM registers
     text = config["thinker_config"]["text_config"]
@@ -42,15 +35,17 @@ def test_checkpoint_is_the_published_per_expert_layout_and_updates_send_fused_ex
         } <= set(keys)
     assert not any(k.endswith(("experts.gate_up_proj", "experts.down_proj")) for k in keys)
 
-    processor = load_processor(moe_dir)  # no torchvision here: families/omni_compat.py
+    processor = load_processor(moe_model_dir)  # no torchvision here: families/omni_compat.py
     assert type(processor).__name__ == "Qwen3OmniMoeProcessor" and processor.video_processor.patch_size == 16
     prompt = render_prompt(processor, "Is the tone high or low?", ["high", "low"])
     assert "<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>Is the tone high or low?" in prompt
-    model = adapter_for(moe_dir).load(str(moe_dir), torch.float32)
+    model = adapter_for(moe_model_dir).load(str(moe_model_dir), torch.float32)
     assert adapter_for(model) is FAMILIES["qwen3-omni"]
     # In memory the experts are fused ([E, 2I, H], gate half first); files hold them per expert.
     fused = model.model.layers[0].mlp.experts.gate_up_proj
     assert fused.shape == (experts, 2 * inner, hidden) and torch.equal(fused[3, :inner], gate)
+    # One module holds every expert (no module per expert): ZeRO-3 gathers them together.
+    assert [n for n, _ in model.model.layers[0].mlp.experts.named_modules()] == [""]
     adapter = adapter_for(model)
     written = [
         n
@@ -67,7 +62,7 @@ def test_checkpoint_is_the_published_per_expert_layout_and_updates_send_fused_ex
     )
     assert not any(n.startswith("thinker.visual.") for n in sent)
     # LoRA's default targets find attention only: experts are parameters, not Linear modules.
-    lora = add_lora(adapter.load(str(moe_dir), torch.float32), LoraSettings(rank=4))
+    lora = add_lora(adapter.load(str(moe_model_dir), torch.float32), LoraSettings(rank=4))
     layers = len(adapter.decoder(lora).layers)
     assert sorted({n.rsplit(".", 1)[-1] for n in lora_layers(lora)}) == [
         "k_proj",
@@ -79,7 +74,9 @@ def test_checkpoint_is_the_published_per_expert_layout_and_updates_send_fused_ex
 
 
 @pytest.mark.slow
-def test_vllm_experts_answer_as_the_learner_after_each_weight_update(moe_dir, ray_cluster, clip_questions):
+def test_vllm_experts_answer_as_the_learner_after_each_weight_update(
+    moe_model_dir, ray_cluster, clip_questions
+):
     """After each update a vLLM engine (CPU experts) gives the learner's greedy output, and its
     log-probs of those tokens equal the learner's: a wrong expert weight shows in either."""
     ray = ray_cluster
@@ -93,9 +90,9 @@ def test_vllm_experts_answer_as_the_learner_after_each_weight_update(moe_dir, ra
     from rollout.vllm_engine import EngineConfig
 
     sampling = SamplingConfig(max_tokens=16)
-    worker = RolloutActor.remote(str(moe_dir), EngineConfig(dtype="float32"), weight_transfer="gloo")
+    worker = RolloutActor.remote(str(moe_model_dir), EngineConfig(dtype="float32"), weight_transfer="gloo")
     before = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
-    learner = make_learner(moe_dir, lr=5e-3, beta=0.0)
+    learner = make_learner(moe_model_dir, lr=5e-3, beta=0.0)
     batch = pitch_batch(learner.processor.tokenizer)
     init = {
         "master_address": "127.0.0.1",
