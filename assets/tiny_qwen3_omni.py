@@ -94,7 +94,8 @@ def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> torch.nn.Mo
     model.generation_config = chat_generation_config(tokenizer)
     # The encoder's 2-D convolutional front end, at its random initialisation, maps every tone to
     # the same features (cosine 1.0 between a 300 Hz and a 2 kHz tone's mean embedding); at this
-    # scale they differ (0.55-0.65), as the other families' after `widen_audio_weights`.
+    # scale they differ (0.73-0.83; two low tones 0.92). The other families' encoders, after
+    # `widen_audio_weights`, separate them more (Qwen2.5-Omni's: 0.28-0.55).
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for module in model.audio_tower.modules():

@@ -2,7 +2,8 @@
 transformers and vLLM with equal greedy output, the learner's log-probs equal the model's own
 forward (Audio Flamingo 3's long clips in several 30 s windows included), GRPO trains it and both
 serving modes answer, SFT learns and resumes. Qwen2.5-Omni's thinker is checked in its published
-layout (full omni config, `thinker.` names) and without torchvision (the CPU profile)."""
+layout (full omni config, `thinker.` names) and without torchvision (the CPU profile). Qwen3-Omni's
+(mixture of experts) joins the checks that hold for it; its own are in tests/test_moe.py."""
 
 from __future__ import annotations
 
@@ -236,7 +237,7 @@ def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni"])
+@pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni", "qwen3-omni"])
 def test_family_sft_learns_and_resumes_from_its_checkpoint(family, service_env, tmp_path):
     """`sft` on a tiny model of the family built for it (model.family): held-out accuracy leaves
     chance; `--resume` continues from the step-20 checkpoint to step 30 with each step logged once."""

@@ -45,7 +45,9 @@ def test_checkpoint_is_the_published_per_expert_layout_and_updates_send_fused_ex
     fused = model.model.layers[0].mlp.experts.gate_up_proj
     assert fused.shape == (experts, 2 * inner, hidden) and torch.equal(fused[3, :inner], gate)
     # One module holds every expert (no module per expert): ZeRO-3 gathers them together.
-    assert [n for n, _ in model.model.layers[0].mlp.experts.named_modules()] == [""]
+    experts = model.model.layers[0].mlp.experts
+    assert [n for n, _ in experts.named_parameters()] == ["gate_up_proj", "down_proj"]
+    assert not any(isinstance(m, torch.nn.Linear) for m in experts.modules())
     adapter = adapter_for(model)
     written = [
         n
