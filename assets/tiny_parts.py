@@ -148,6 +148,24 @@ def decoder_config(spec: dict, tokenizer: Qwen2Tokenizer) -> dict:
     )
 
 
+def omni_processor(processor_class: type, tokenizer: Qwen2Tokenizer, template: str, patch_size: int = 14):
+    """An Omni family's processor without torchvision: the PIL image processor and the audio-only
+    video stand-in at the family's vision patch, the shared feature extractor, its chat template."""
+    from families import omni_compat
+
+    omni_compat.install()
+    from transformers import Qwen2VLImageProcessorPil
+
+    tokenizer.chat_template = template
+    return processor_class(
+        image_processor=Qwen2VLImageProcessorPil(patch_size=patch_size),
+        video_processor=omni_compat.AudioOnlyVideoProcessor(patch_size=patch_size),
+        feature_extractor=whisper_features(),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )
+
+
 def chat_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
     """Generation ends at <|im_end|> (or padding), greedy unless asked."""
     return GenerationConfig(

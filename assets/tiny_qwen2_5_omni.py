@@ -14,8 +14,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from assets.tiny_parts import chat_generation_config, decoder_config, encoder_config, whisper_features
-from families import omni_compat
+from assets.tiny_parts import chat_generation_config, decoder_config, encoder_config, omni_processor
 from families.qwen2_5_omni import NAMED_TOKENS
 
 # Qwen2.5-Omni's rendering of an audio item: the three tokens, no prefix, no newline after.
@@ -34,17 +33,7 @@ NAMED = NAMED_TOKENS | {"vision_pad_token": "<|vision_pad|>"}
 
 
 def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5OmniProcessor:
-    omni_compat.install()
-    from transformers import Qwen2VLImageProcessorPil
-
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return Qwen2_5OmniProcessor(
-        image_processor=Qwen2VLImageProcessorPil(),
-        video_processor=omni_compat.AudioOnlyVideoProcessor(),
-        feature_extractor=whisper_features(),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return omni_processor(Qwen2_5OmniProcessor, tokenizer, CHAT_TEMPLATE)
 
 
 def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> torch.nn.Module:

@@ -14,8 +14,7 @@ from transformers import (
     Qwen3OmniMoeThinkerForConditionalGeneration,
 )
 
-from assets.tiny_parts import chat_generation_config, decoder_config, encoder_config, whisper_features
-from families import omni_compat
+from assets.tiny_parts import chat_generation_config, decoder_config, encoder_config, omni_processor
 from families.qwen3_omni import NAMED_TOKENS as NAMED
 
 # Qwen3-Omni's rendering of an audio item (no default system message, as its template has none).
@@ -31,17 +30,7 @@ CHAT_TEMPLATE = (
 
 
 def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeProcessor:
-    omni_compat.install()
-    from transformers import Qwen2VLImageProcessorPil
-
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return Qwen3OmniMoeProcessor(
-        image_processor=Qwen2VLImageProcessorPil(patch_size=16),
-        video_processor=omni_compat.AudioOnlyVideoProcessor(patch_size=16),
-        feature_extractor=whisper_features(),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return omni_processor(Qwen3OmniMoeProcessor, tokenizer, CHAT_TEMPLATE, patch_size=16)
 
 
 def build_model(spec: dict, tokenizer: Qwen2Tokenizer, seed: int) -> torch.nn.Module:

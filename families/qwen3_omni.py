@@ -57,18 +57,10 @@ class Qwen3Omni(Qwen2_5Omni):
         flat = model.get_audio_features(
             features.to(tower.device, dtype=tower.conv2d1.weight.dtype), feature_attention_mask=mask
         ).last_hidden_state
-        from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
-            _get_feat_extract_output_lengths,
-        )
-
-        return list(flat.split(_get_feat_extract_output_lengths(mask.sum(-1)).tolist()))
+        return list(flat.split(_encoder_tokens(mask.sum(-1)).tolist()))
 
     def clip_tokens(self, audio_config) -> int:
-        from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
-            _get_feat_extract_output_lengths,
-        )
-
-        return int(_get_feat_extract_output_lengths(torch.tensor(3000)))  # 8x down: 390
+        return int(_encoder_tokens(torch.tensor(3000)))  # 8x down: 390
 
     def checkpoint_tensors(self, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """A fused expert tensor as the published per-expert weights (views, no copy)."""
@@ -91,3 +83,10 @@ class Qwen3Omni(Qwen2_5Omni):
         config = Qwen3OmniMoeConfig(thinker_config=model.config.to_dict(), enable_audio_output=False)
         config.architectures = ["Qwen3OmniMoeForConditionalGeneration"]
         return config
+
+
+def _encoder_tokens(frames: torch.Tensor) -> torch.Tensor:
+    """Encoder output tokens for clips of `frames` mel frames (the model's own formula)."""
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    return _get_feat_extract_output_lengths(frames)
