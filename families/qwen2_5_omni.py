@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from families import omni_compat
 from families.base import ModelAdapter
 
 NAMED_TOKENS = {  # the tokenizer attributes the Omni processor reads
@@ -45,6 +44,8 @@ class Qwen2_5Omni(ModelAdapter):  # noqa: N801 (the model's own name)
     lora_audio = r".*audio_tower\.(layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)|proj)"
 
     def install_runtime_support(self) -> None:
+        from families import omni_compat  # imports transformers' image stack: only when needed
+
         omni_compat.install()
 
     def model_class(self) -> type:

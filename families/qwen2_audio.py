@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.masking_utils import create_bidirectional_mask
 
 from families.base import ModelAdapter
 
@@ -40,6 +39,8 @@ def whisper_tower_embeddings(
     hidden = hidden + tower.embed_positions(torch.arange(positions, device=hidden.device))
     hidden = F.dropout(hidden, p=tower.dropout, training=tower.training)
     keep = (torch.arange(positions, device=hidden.device)[None] < feat_lengths[:, None]).long()
+    from transformers.masking_utils import create_bidirectional_mask  # heavy: imported when run
+
     attention = create_bidirectional_mask(config=tower.config, inputs_embeds=hidden, attention_mask=keep)
     for layer in tower.layers:
         if tower.training and torch.rand([]) < tower.layerdrop:  # LayerDrop, as the encoder does

@@ -112,11 +112,18 @@ def ray_head():
         "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         "env": env,
     }
+    # A graceful stop waits on every idle worker (about 30 s on 2 cores); nothing of the session's
+    # cluster is kept, so a short grace, then the whole process group goes.
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=60)
+        head.wait(timeout=5)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=30)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

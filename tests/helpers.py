@@ -265,3 +265,45 @@ def prometheus_text(url: str) -> str:
             return response.read().decode()
     except OSError:
         return ""
+
+
+def run_as_job(ray_head: dict, env: dict, command: list[str], work_dir: Path, timeout: float = 900) -> str:
+    """`ray job submit` a CLI command as users do (the project's runtime env, this checkout as the
+    working directory), wait for it to succeed and return its logs. The job's environment is the
+    cluster's plus deploy/runtime-env.yaml, with the session's asset cache added."""
+    import re
+    import sys
+
+    import yaml
+
+    runtime_env = yaml.safe_load((ROOT / "deploy" / "runtime-env.yaml").read_text())
+    runtime_env["env_vars"]["AUDIO_GRPO_CACHE"] = env["AUDIO_GRPO_CACHE"]
+    runtime_file = work_dir / "runtime-env.yaml"
+    runtime_file.write_text(yaml.safe_dump(runtime_env))
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    ray_job = [sys.executable, "-m", "ray.scripts.scripts", "job"]
+    address = ["--address", ray_head["dashboard"]]
+    submit = [
+        *ray_job, "submit", *address, "--no-wait", "--working-dir", ".", "--runtime-env", str(runtime_file),
+        "--", "python", *command[1:],  # less this interpreter: the job's own python runs it
+    ]  # fmt: skip
+    for _attempt in range(6):  # Ray answers "No available agent ... try again later" while its job
+        submitted = subprocess.run(  # agent is busy registering: do as it says, a few times
+            submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        if submitted.returncode == 0 or "try again later" not in submitted.stderr:
+            break
+        time.sleep(10)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+
+    # Polled over the dashboard's HTTP API: a `ray job status` process per poll would take a core.
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head["dashboard"])
+    done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    final = wait_for(lambda: (status := client.get_job_status(job_id)) in done and status, timeout, job_id)
+    logs = client.get_job_logs(job_id)
+    assert final == JobStatus.SUCCEEDED, logs[-4000:]
+    assert "run directory:" in logs
+    return logs

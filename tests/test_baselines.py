@@ -1,5 +1,6 @@
-"""The paper's other arms, run as users run them: the SFT baseline (full and LoRA) and LoRA GRPO,
-each on the tiny CPU task with the session's Ray cluster and assets."""
+"""The paper's other arms, run as users run them: the SFT baseline (full and LoRA), LoRA GRPO and
+GRPO with thinking, each on the tiny CPU task with the session's Ray cluster and assets; the SFT
+baselines and the thinking run go through `ray job submit`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import FAST, steps_logged
+from helpers import FAST, run_as_job, steps_logged
 
 from cli.main import cli_command, train_command
 
@@ -37,20 +38,17 @@ def test_sft_and_warm_start_targets_earn_the_reward_of_the_format_they_teach():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny-cpu-sft", "tiny-cpu-sft-lora"])
-def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, tmp_path, preset):
-    """`audio-grpo sft`, full and LoRA: the same data, prompt, evaluation and run directory as
-    GRPO; held-out accuracy leaves chance on the in-distribution split; the checkpoint (LoRA:
-    merged, under the base model's names) loads in transformers."""
+def test_sft_baseline_learns_and_writes_the_same_run_directory(service_env, ray_head, tmp_path, preset):
+    """`audio-grpo sft`, full and LoRA, submitted with `ray job submit`: the same data, prompt,
+    evaluation and run directory as GRPO; held-out accuracy leaves chance on the in-distribution
+    split; the checkpoint (LoRA: merged, under the base model's names) loads in transformers."""
     from safetensors import safe_open
     from transformers import Qwen2AudioForConditionalGeneration
 
     run_dir = tmp_path / "sft"
     command = cli_command("sft", "--config", preset, "--run-dir", str(run_dir), "--max-steps", "20")
-    done = subprocess.run(
-        [*command, "--no-progress", "--set", "train.eval_every=10", "--set", "train.save_every=10"],
-        cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    command += ["--no-progress", "--set", "train.eval_every=10", "--set", "train.save_every=10"]
+    run_as_job(ray_head, service_env, command, tmp_path)
     records = steps_logged(run_dir)
     assert [r["step"] for r in records] == list(range(1, 21))
     assert records[0]["loss"] > records[-1]["loss"] and records[-1]["eval_accuracy"] > 75.0  # chance: 50
@@ -78,9 +76,10 @@ def test_lora_grpo_learns_with_merged_weights_in_the_engines(service_env, tmp_pa
 
 
 @pytest.mark.slow
-def test_grpo_with_thinking_trains_and_evaluates_in_the_thinking_format(service_env, tmp_path):
-    """tiny-cpu-think: the thinking prompt, its warm start and its format reward, end to end; the
-    policy answers `<think>..</think> <answer>..</answer>` in training and in evaluation."""
+def test_grpo_with_thinking_trains_and_evaluates_in_the_thinking_format(service_env, ray_head, tmp_path):
+    """tiny-cpu-think, submitted with `ray job submit`: the thinking prompt, its warm start and its
+    format reward, end to end; the policy answers `<think>..</think> <answer>..</answer>` in
+    training and in evaluation."""
     from reward.rewards import format_reward
 
     run_dir = tmp_path / "think"
@@ -91,8 +90,7 @@ def test_grpo_with_thinking_trains_and_evaluates_in_the_thinking_format(service_
         extra=("--set", "train.eval_every=10", "--set", "sync.timeout_s=60", "--set", "rollout.num_workers=1")
         + ("--no-progress",),
     )
-    done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_as_job(ray_head, service_env, command, tmp_path)
     records = steps_logged(run_dir)
     assert [r["step"] for r in records] == list(range(1, 11))
     assert sum(r["format_rate"] for r in records) / len(records) > 0.8
