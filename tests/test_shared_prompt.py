@@ -20,7 +20,7 @@ QUESTIONS = [
 GROUPS = [3, 1, 4]
 
 
-@pytest.fixture(scope="module", params=["qwen2-audio", "audioflamingo3", "qwen2.5-omni"])
+@pytest.fixture(scope="module", params=["qwen2-audio", "audioflamingo3", "qwen2.5-omni", "qwen3-omni"])
 def scored(request, tiny_model_dir, tmp_path_factory):
     """Each family's tiny model in float32 (training mode), its rows and audio features."""
     from assets.tiny_model import make_tiny
