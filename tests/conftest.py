@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, fp32_llm, run_cli
+from helpers import ROOT, fp32_llm, run_cli, stop_process_groups
 
 from cluster.network import free_port
 
@@ -57,7 +57,6 @@ def ray_head():
     """One real Ray cluster for the whole session: `ray start --head` on loopback, with the dashboard
     (for `ray job submit`) and a Prometheus metrics endpoint. Stopped at the end of the session."""
     import shutil
-    import signal
     import sys
     import tempfile
     import time
@@ -112,18 +111,7 @@ def ray_head():
         "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         "env": env,
     }
-    # A graceful stop waits on every idle worker (about 30 s on 2 cores); nothing of the session's
-    # cluster is kept, so a short grace, then the whole process group goes.
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    head.wait(timeout=30)
+    stop_process_groups([head])
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import stop_process_groups
 
 from cli.main import cli_command, train_command
 from cluster.network import free_port
@@ -65,21 +65,7 @@ def two_nodes():
             time.sleep(1)
         yield {**env, "RAY_ADDRESS": address}
     finally:
-        # Every node stops at once, after a short grace: a graceful stop waits on each idle
-        # worker (about 30 s on 2 cores) and nothing of these nodes is kept.
-        for node in nodes:
-            os.killpg(node.pid, signal.SIGTERM)
-        grace = time.time() + 5
-        for node in nodes:
-            try:
-                node.wait(timeout=max(0.1, grace - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(node.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            node.wait(timeout=30)
+        stop_process_groups(nodes)
 
 
 def test_learner_and_rollout_workers_on_different_nodes(two_nodes, tmp_path):
