@@ -16,7 +16,9 @@ from helpers import ROOT, run_cli, steps_logged
 
 from cli.main import train_command
 
-STEPS = 120  # the step where the policy finds the pitch moves with float rounding, as for questions
+# Steps per arm: CIDEr-D and the CLAP together leave the start by step 40 (measured: +1.9 at step 40);
+# the model reward alone, under its stronger KL, takes until step 60 to 100.
+STEPS = {"cider-d-and-clap": 60, "clap-alone": 120}
 MARGIN = 0.5  # CIDEr-D (x10 scale): captions of the right pitch score about 1 more than the others
 
 
@@ -70,31 +72,30 @@ def test_the_tiny_clap_retrieves_above_chance_and_scores_the_right_pitch_higher(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "config, extra",
+    "arm, extra",
     [
-        ("tiny-cpu-caption-clap", ()),
+        ("cider-d-and-clap", ()),
         # The model reward alone: at beta 0.04 it was gamed (word fragments the CLAP scores like the
         # right pitch); a KL of 0.5 to the fluent start keeps the captions whole while they turn
         # to the clip's pitch.
-        ("tiny-cpu-caption-clap", ("--set", "reward.weights.cider_d=0", "--set", "learner.loss.beta=0.5")),
+        ("clap-alone", ("--set", "reward.weights.cider_d=0", "--set", "learner.loss.beta=0.5")),
     ],
-    ids=["cider-d-and-clap", "clap-alone"],
 )
-def test_grpo_lifts_held_out_cider_d_above_the_start(config, extra, caption_assets, service_env, tmp_path):
+def test_grpo_lifts_held_out_cider_d_above_the_start(arm, extra, caption_assets, service_env, tmp_path):
     start = caption_assets
     assert start["metric"] == "cider_d" and start["caption_n"] == 64
     run_dir = tmp_path / "run"
     extra = ("--set", "sync.timeout_s=60", "--no-progress", *extra)
-    command = train_command(run_dir, config=config, max_steps=STEPS, extra=extra)
+    command = train_command(run_dir, config="tiny-cpu-caption-clap", max_steps=STEPS[arm], extra=extra)
     done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-4000:]
     records = steps_logged(run_dir)
     evals = [r for r in records if "eval_cider_d" in r]
     assert {"cider_d", "format_rate"} <= set(records[-1]) and "accuracy" not in records[-1]
     assert {"eval_bleu_4", "eval_rouge_l"} <= set(evals[-1])
-    if config.endswith("clap"):  # the model reward's part, logged in training and evaluation
-        assert "similarity" in records[-1] and "eval_similarity_clap" in evals[-1]
+    # The model reward's part, logged in training and evaluation.
+    assert "similarity" in records[-1] and "eval_similarity_clap" in evals[-1]
     best = max(r["eval_cider_d"] for r in evals)
     assert best > start["cider_d"] + MARGIN, (start, [(r["step"], r["eval_cider_d"]) for r in evals])
-    saved = json.loads((run_dir / "eval" / f"step-{STEPS}.json").read_text())
+    saved = json.loads((run_dir / "eval" / f"step-{STEPS[arm]}.json").read_text())
     assert all("references" in item and "model_output" in item for item in saved)

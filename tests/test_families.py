@@ -208,7 +208,7 @@ def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class
 
     run_dir = tmp_path / "run"
     serve = ("--serve", "--serve-port", "0")
-    command = train_command(run_dir, config=preset, max_steps=60, extra=(*FAST, *serve))
+    command = train_command(run_dir, config=preset, max_steps=40, extra=(*FAST, *serve))
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -222,15 +222,15 @@ def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class
             if training.poll() is None:
                 training.kill()
     records = steps_logged(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 61))
+    assert [r["step"] for r in records] == list(range(1, 41))
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0, records[-1]  # chance: 50
-    checkpoint = run_dir / "checkpoints" / "step-60"
+    checkpoint = run_dir / "checkpoints" / "step-40"
     assert type(adapter_for(checkpoint).load(str(checkpoint), torch.float32)).__name__ == model_class
     server, url = start_server(["--model", str(checkpoint), "--dtype", "float32"], env=service_env)
     try:
         answer = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=120)
         assert answer.status_code == 200, answer.text
-        assert answer.json()["step"] == 60 and answer.json()["answer"] in json.loads(FORM["choices"])
+        assert answer.json()["step"] == 40 and answer.json()["answer"] in json.loads(FORM["choices"])
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -240,21 +240,21 @@ def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class
 @pytest.mark.parametrize("family", ["audioflamingo3", "qwen2.5-omni", "qwen3-omni"])
 def test_family_sft_learns_and_resumes_from_its_checkpoint(family, service_env, tmp_path):
     """`sft` on a tiny model of the family built for it (model.family): held-out accuracy leaves
-    chance; `--resume` continues from the step-20 checkpoint to step 30 with each step logged once."""
+    chance; `--resume` continues from the step-10 checkpoint to step 15 with each step logged once."""
     from cli.main import cli_command
 
     run_dir = tmp_path / "sft"
     first = cli_command(
-        "sft", "--config", "tiny-cpu-sft", "--run-dir", str(run_dir), "--max-steps", "20", "--no-progress",
+        "sft", "--config", "tiny-cpu-sft", "--run-dir", str(run_dir), "--max-steps", "10", "--no-progress",
         "--set", f"model.path={tmp_path / 'model'}", "--set", f"model.family={family}",
-        "--set", "train.eval_every=10", "--set", "train.save_every=10",
+        "--set", "train.eval_every=5", "--set", "train.save_every=5",
     )  # fmt: skip
-    resume = cli_command("sft", "--resume", str(run_dir), "--max-steps", "30", "--no-progress")
+    resume = cli_command("sft", "--resume", str(run_dir), "--max-steps", "15", "--no-progress")
     for command in (first, resume):
         done = subprocess.run(command, cwd=ROOT, env=service_env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-4000:]
     records = steps_logged(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 31))
-    assert records[-1]["data_position"] == 240
+    assert [r["step"] for r in records] == list(range(1, 16))
+    assert records[-1]["data_position"] == 120
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0  # chance: 50
-    assert adapter_for(run_dir / "checkpoints" / "step-30") is FAMILIES[family]
+    assert adapter_for(run_dir / "checkpoints" / "step-15") is FAMILIES[family]
