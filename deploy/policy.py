@@ -84,6 +84,7 @@ class PolicyEngine:
             raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
         self.run_dir = Path(run_dir) if run_dir else None
         self.prompt, self.sampling, self.engine_config = prompt, sampling, engine
+        self.poll_s = poll_s
         start = Path(model_dir) if model_dir else self._wait_for_first_checkpoint()
         vllm_env(engine)
         from vllm import AsyncEngineArgs
@@ -102,7 +103,6 @@ class PolicyEngine:
         self.info = PolicyInfo(
             str(start), step, step, str(start), time.time(), str(self.run_dir) if self.run_dir else None
         )
-        self.poll_s = poll_s
         self._reload_lock = asyncio.Lock()
         self.in_flight = 0
         # A reload closes admission, waits for the requests in flight to drain, then reopens.
@@ -114,12 +114,12 @@ class PolicyEngine:
 
     def _wait_for_first_checkpoint(self, timeout_s: float = 3600) -> Path:
         deadline = time.time() + timeout_s
+        log.info("waiting for the first checkpoint in %s ...", self.run_dir)
         while time.time() < deadline:
             found = latest_checkpoint(self.run_dir / "checkpoints")
             if found is not None:
                 return found
-            log.info("waiting for the first checkpoint in %s ...", self.run_dir)
-            time.sleep(5)
+            time.sleep(self.poll_s)  # the follower's own poll interval (--poll-s)
         raise TimeoutError(f"no checkpoint appeared in {self.run_dir} within {timeout_s:.0f} s")
 
     @property

@@ -287,13 +287,13 @@ def run_as_job(ray_head: dict, env: dict, command: list[str], work_dir: Path, ti
         *ray_job, "submit", *address, "--no-wait", "--working-dir", ".", "--runtime-env", str(runtime_file),
         "--", "python", *command[1:],  # less this interpreter: the job's own python runs it
     ]  # fmt: skip
-    for _attempt in range(6):  # Ray answers "No available agent ... try again later" while its job
-        submitted = subprocess.run(  # agent is busy registering: do as it says, a few times
+    for _attempt in range(30):  # Ray answers "No available agent ... try again later" while its job
+        submitted = subprocess.run(  # agent is busy registering: do as it says, for up to a minute
             submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
         )
         if submitted.returncode == 0 or "try again later" not in submitted.stderr:
             break
-        time.sleep(10)
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
 

@@ -8,12 +8,15 @@ layout (full omni config, `thinker.` names) and without torchvision (the CPU pro
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 
+import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, ROOT, steps_logged
+from helpers import FAST, FORM, ROOT, start_server, steps_logged, wait_for, wav_bytes
 from safetensors import safe_open
 
 from families import FAMILIES, adapter_for, load_processor
@@ -196,44 +199,102 @@ def test_greedy_output_in_vllm_equals_transformers(family, family_dirs, tmp_path
         ("tiny-cpu-omni", "Qwen2_5OmniThinkerForConditionalGeneration"),
     ],
 )
-def test_family_trains_serves_live_and_serves_its_checkpoint(preset, model_class, service_env, tmp_path):
+def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
+    preset, model_class, service_env, tmp_path
+):
     """The embedded default on another family's architecture (tiny-cpu-af3, tiny-cpu-omni) with
-    `--serve`: the live endpoint answers during training; held-out accuracy leaves chance; the
-    checkpoint loads in transformers as the family's class and `serve` answers from it."""
-    import httpx
-    from helpers import FORM, start_server, wait_for
-    from helpers import wav_bytes as wav
-
+    `--serve` (token-guarded) and overlapped rollouts, followed by `serve --run-dir`:
+    - the live endpoint, one more receiver of the weight transfer, answers from the newest policy
+      version, at most one step behind the learner, with no checkpoint involved;
+    - `train.overlap_rollout`: step k's completions come from policy k - 2 (generated during
+      update k - 1), carry the engine's log-probs for the off-policy ratio, and no question is lost;
+    - held-out accuracy leaves chance; the checkpoint loads in transformers as the family's class;
+    - the follower answers from newer checkpoints while training goes on, then from the last."""
     from cli.main import train_command
 
     run_dir = tmp_path / "run"
-    serve = ("--serve", "--serve-port", "0")
-    command = train_command(run_dir, config=preset, max_steps=40, extra=(*FAST, *serve))
+    serve = ("--serve", "--serve-port", "0", "--token", TOKEN)
+    overlap = ("--set", "train.overlap_rollout=true", "--set", f"train.save_every={SAVE_EVERY}")
+    command = train_command(run_dir, config=preset, max_steps=40, extra=(*FAST, *serve, *overlap))
+    follower = None
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for((run_dir / "endpoint.json").exists, 600, "the live endpoint to start", training)
-            url = json.loads((run_dir / "endpoint.json").read_text())["url"]
-            live = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=120)
-            assert live.status_code == 200, live.text
-            assert live.json()["checkpoint"] == "(live)" or live.json()["policy_version"] == 0
+            seen = _live_versions(
+                json.loads((run_dir / "endpoint.json").read_text())["url"], run_dir, training
+            )
+            follower, url = start_server(["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"],
+                                         env=service_env)  # fmt: skip
+            followed = _followed_versions(url, training)
             assert training.wait(timeout=1500) == 0, (tmp_path / "train.log").read_text()[-4000:]
+            last = _last_checkpoint_answer(url, run_dir)
         finally:
-            if training.poll() is None:
-                training.kill()
+            for process in (training, follower):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=60)
+    versions = [v for _, v, _ in seen]
+    assert versions == sorted(versions) and len(set(versions)) >= 4, seen
+    assert any(v % SAVE_EVERY for v in versions), seen  # versions no checkpoint holds
+    for before, version, after in seen:  # the newest version, at most one step behind the learner
+        assert before <= version <= after + 1, seen
+    followed.append(last["policy_version"])  # a newer checkpoint than those answered during training
+    assert followed == sorted(followed) and len(set(followed)) >= 2, followed
+    assert followed[0] >= SAVE_EVERY and all(v % SAVE_EVERY == 0 for v in followed), followed
     records = steps_logged(run_dir)
     assert [r["step"] for r in records] == list(range(1, 41))
+    assert [r["rollout_version"] for r in records] == [max(0, r["step"] - 2) for r in records]
+    assert [r["data_position"] for r in records] == [8 * r["step"] for r in records]
+    assert all(r["samples"] == 64 and r["loss"] == r["loss"] for r in records)  # no NaN
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0, records[-1]  # chance: 50
     checkpoint = run_dir / "checkpoints" / "step-40"
     assert type(adapter_for(checkpoint).load(str(checkpoint), torch.float32)).__name__ == model_class
-    server, url = start_server(["--model", str(checkpoint), "--dtype", "float32"], env=service_env)
-    try:
-        answer = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=120)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["step"] == 40 and answer.json()["answer"] in json.loads(FORM["choices"])
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+
+
+TOKEN = "live-secret"
+SAVE_EVERY = 5
+
+
+def _answer(url: str, headers: dict | None = None) -> dict:
+    response = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav_bytes())}, data=FORM,
+                          headers=headers, timeout=120)  # fmt: skip
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _live_versions(url: str, run_dir, training) -> list[tuple[int, int, int]]:
+    """Ask the live endpoint until 4 policy versions have answered: (steps logged before the
+    request, the version that answered, steps logged after)."""
+    assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", url), url  # port 0: a free one
+    assert httpx.get(f"{url}/v1/policy", timeout=10).status_code == 401  # the token guards it
+    seen, deadline = [], time.time() + 300
+    while len({v for _, v, _ in seen}) < 4 and time.time() < deadline:
+        assert training.poll() is None, "training ended early"
+        before = len(steps_logged(run_dir))
+        answer = _answer(url, {"Authorization": f"Bearer {TOKEN}"})
+        seen.append((before, answer["policy_version"], len(steps_logged(run_dir))))
+        assert answer["checkpoint"] == "(live)" or answer["policy_version"] == 0
+    return seen
+
+
+def _last_checkpoint_answer(url: str, run_dir) -> dict:
+    """The follower's answer once it has loaded the run's last checkpoint (step 40)."""
+    last = wait_for(lambda: (a := _answer(url)).get("step") == 40 and a, 120, "the step-40 checkpoint")
+    assert last["answer"] in json.loads(FORM["choices"])
+    policy = httpx.get(f"{url}/v1/policy", timeout=10).json()
+    assert policy["checkpoint"].startswith(str(run_dir / "checkpoints")), policy
+    return last
+
+
+def _followed_versions(url: str, training) -> list[int]:
+    """The checkpoint versions `serve --run-dir` answers from while training goes on (until it ends
+    or 3 have answered); at least one."""
+    versions = [_answer(url)["policy_version"]]
+    while training.poll() is None and len(set(versions)) < 3:
+        versions.append(_answer(url)["policy_version"])
+        time.sleep(1.0)
+    return versions
 
 
 @pytest.mark.slow

@@ -66,8 +66,9 @@ def test_grpo_learns_the_audio_and_the_flipped_control_does_not(pitch_task):
     best = max(r["held_out_accuracy"] for r in history if "held_out_accuracy" in r)
     assert best >= 0.9, history[-1]
 
-    # The flipped control loses the format within about 10 steps (bench/learning_curve.py): 20 show it.
-    _, control = run(pitch_task, flip=True, steps=20, stop_at=None)
+    # The flipped control loses the format within about 10 steps (bench/learning_curve.py; measured:
+    # reward 0.0 at step 10, where the main run's was 1.48): 10 show it.
+    _, control = run(pitch_task, flip=True, steps=10, stop_at=None)
     final = control[-1]
     assert final["held_out_accuracy"] <= 0.65, final
     assert final["reward_mean"] < history[-1]["reward_mean"] - 0.5

@@ -1,9 +1,10 @@
 """The distributed training service, for real: `audio-grpo train` on a `ray start --head` cluster.
 
 One run is attacked while it trains (chaos: an actor of every kind is SIGKILLed, the
-Prometheus endpoint is read, then the driver is killed and the run resumed); others follow a
-run while it trains (`ray job submit` runs the paper's arms: tests/test_baselines.py). Each run uses
-the tiny-cpu preset on assets built once for the session.
+Prometheus endpoint is read, then the driver is killed and the run resumed). The live endpoint
+(`train --serve`), overlapped rollouts and `serve --run-dir` following a run are checked on the
+other families' runs (tests/test_families.py); `ray job submit` runs the paper's arms
+(tests/test_baselines.py). Each run uses assets built once for the session.
 """
 
 from __future__ import annotations
@@ -120,97 +121,3 @@ def test_chaos_training_survives_killed_actors_of_every_kind_and_a_killed_driver
     scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert scores["n"] == 16 and 0.0 <= scores["total"] <= 100.0
     assert len(json.loads((tmp_path / "pred.json").read_text())) == 16
-
-
-@pytest.mark.slow
-def test_endpoint_follows_a_live_training_run_with_overlapped_rollouts(service_env, tmp_path):
-    """`serve --run-dir` answers from the newest checkpoint while training goes on. The run uses
-    train.overlap_rollout: step k's completions come from policy k - 2 (generated during update
-    k - 1), carry the engine's log-probs for the off-policy ratio, and no question is lost."""
-    import httpx
-    from helpers import FORM, start_server
-    from helpers import wav_bytes as wav
-
-    run_dir = tmp_path / "run"
-    training = start_train(
-        service_env,
-        run_dir,
-        "--max-steps",
-        "200",  # long enough to outlast the server's start; stopped once versions have advanced
-        "--set",
-        "train.save_every=2",
-        "--set",
-        "train.eval_every=0",
-        "--set",
-        "train.overlap_rollout=true",
-    )
-    server, url = start_server(
-        ["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"], service_env
-    )
-    try:
-        versions = []
-        deadline = time.time() + 300
-        while len(set(versions)) < 3 and time.time() < deadline:
-            assert training.poll() is None, "training ended early"
-            response = httpx.post(
-                f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, timeout=60
-            )
-            assert response.status_code == 200, (response.text, server.log_path.read_text()[-4000:])
-            versions.append(response.json()["policy_version"])
-            time.sleep(0.5)
-        final = httpx.get(f"{url}/v1/policy", timeout=10).json()
-    finally:
-        server.terminate()
-        training.terminate()
-        server.wait(timeout=60)
-        training.wait(timeout=120)
-    assert versions == sorted(versions) and len(set(versions)) >= 2, versions
-    assert versions[0] >= 2 and final["checkpoint"].startswith(str(run_dir / "checkpoints"))
-    records = steps_logged(run_dir)
-    assert len(records) >= 4
-    assert [r["rollout_version"] for r in records] == [max(0, r["step"] - 2) for r in records]
-    assert [r["data_position"] for r in records] == [8 * r["step"] for r in records]
-    assert all(r["samples"] == 64 and r["loss"] == r["loss"] for r in records)  # no NaN
-
-
-@pytest.mark.slow
-def test_train_serve_answers_from_every_new_policy_version(service_env, tmp_path):
-    """`train --serve`: the endpoint is one more receiver of the weight transfer, so answers follow
-    the learner step by step, with no checkpoint involved (save_every 0: only at the end)."""
-    import httpx
-    from helpers import FORM
-    from helpers import wav_bytes as wav
-
-    run_dir, token = tmp_path / "live", "live-secret"
-    training = start_train(
-        service_env,
-        run_dir,
-        *("--serve", "--serve-port", "0", "--token", token, "--max-steps", "200"),
-        *("--set", "train.save_every=0", "--set", "train.eval_every=0"),
-    )
-    endpoint = run_dir / "endpoint.json"
-    try:
-        wait_for(endpoint.exists, 300, "the endpoint to start", training)
-        url = json.loads(endpoint.read_text())["url"]
-        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", url), url  # port 0: a free one
-        assert httpx.get(f"{url}/v1/policy", timeout=10).status_code == 401  # the token guards it
-        auth = {"Authorization": f"Bearer {token}"}
-        seen = []  # (steps logged before the request, version that answered, steps logged after)
-        deadline = time.time() + 300
-        while len({v for _, v, _ in seen}) < 4 and time.time() < deadline:
-            assert training.poll() is None, "training ended early"
-            before = len(steps_logged(run_dir))
-            response = httpx.post(
-                f"{url}/v1/answer", files={"audio": ("a.wav", wav())}, data=FORM, headers=auth, timeout=60
-            )
-            assert response.status_code == 200, response.text
-            seen.append((before, response.json()["policy_version"], len(steps_logged(run_dir))))
-            assert response.json()["checkpoint"] == "(live)" or response.json()["policy_version"] == 0
-        assert not (run_dir / "checkpoints").exists()  # answers came from the transfer, not a file
-    finally:
-        training.terminate()
-        training.wait(timeout=120)
-    versions = [v for _, v, _ in seen]
-    assert versions == sorted(versions) and len(set(versions)) >= 4, seen
-    for before, version, after in seen:  # the newest version, at most one step behind the learner
-        assert before <= version <= after + 1, seen
