@@ -214,6 +214,17 @@ def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.P
     raise RuntimeError("serve did not come up")
 
 
+def answer_of(url: str, headers: dict | None = None) -> dict:
+    """POST a 1 s tone and FORM's question to `url`/v1/answer; the 200 answer's JSON."""
+    import httpx
+
+    response = httpx.post(
+        f"{url}/v1/answer", files={"audio": ("a.wav", wav_bytes())}, data=FORM, headers=headers, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 # -- training runs as processes (the service tests) ---------------------------------------------------
 
 FAST = ["--set", "model.warm_start_steps=30", "--set", "sync.timeout_s=60", "--no-progress"]

@@ -16,11 +16,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FORM, ROOT, start_server, steps_logged, wait_for, wav_bytes
+from helpers import FAST, FORM, ROOT, answer_of, start_server, steps_logged, wait_for
 from safetensors import safe_open
 
 from families import FAMILIES, adapter_for, load_processor
 from rollout.prompt import render_prompt
+
+TOKEN = "live-secret"  # guards the family runs' live endpoint
+SAVE_EVERY = 5  # their checkpoints, which `serve --run-dir` follows
 
 
 @pytest.fixture(scope="module")
@@ -253,17 +256,6 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
     assert type(adapter_for(checkpoint).load(str(checkpoint), torch.float32)).__name__ == model_class
 
 
-TOKEN = "live-secret"
-SAVE_EVERY = 5
-
-
-def _answer(url: str, headers: dict | None = None) -> dict:
-    response = httpx.post(f"{url}/v1/answer", files={"audio": ("a.wav", wav_bytes())}, data=FORM,
-                          headers=headers, timeout=120)  # fmt: skip
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _live_versions(url: str, run_dir, training) -> list[tuple[int, int, int]]:
     """Ask the live endpoint until 4 policy versions have answered: (steps logged before the
     request, the version that answered, steps logged after)."""
@@ -273,7 +265,7 @@ def _live_versions(url: str, run_dir, training) -> list[tuple[int, int, int]]:
     while len({v for _, v, _ in seen}) < 4 and time.time() < deadline:
         assert training.poll() is None, "training ended early"
         before = len(steps_logged(run_dir))
-        answer = _answer(url, {"Authorization": f"Bearer {TOKEN}"})
+        answer = answer_of(url, {"Authorization": f"Bearer {TOKEN}"})
         seen.append((before, answer["policy_version"], len(steps_logged(run_dir))))
         assert answer["checkpoint"] == "(live)" or answer["policy_version"] == 0
     return seen
@@ -281,7 +273,7 @@ def _live_versions(url: str, run_dir, training) -> list[tuple[int, int, int]]:
 
 def _last_checkpoint_answer(url: str, run_dir) -> dict:
     """The follower's answer once it has loaded the run's last checkpoint (step 40)."""
-    last = wait_for(lambda: (a := _answer(url)).get("step") == 40 and a, 120, "the step-40 checkpoint")
+    last = wait_for(lambda: (a := answer_of(url)).get("step") == 40 and a, 120, "the step-40 checkpoint")
     assert last["answer"] in json.loads(FORM["choices"])
     policy = httpx.get(f"{url}/v1/policy", timeout=10).json()
     assert policy["checkpoint"].startswith(str(run_dir / "checkpoints")), policy
@@ -291,9 +283,9 @@ def _last_checkpoint_answer(url: str, run_dir) -> dict:
 def _followed_versions(url: str, training) -> list[int]:
     """The checkpoint versions `serve --run-dir` answers from while training goes on (until it ends
     or 3 have answered); at least one."""
-    versions = [_answer(url)["policy_version"]]
+    versions = [answer_of(url)["policy_version"]]
     while training.poll() is None and len(set(versions)) < 3:
-        versions.append(_answer(url)["policy_version"])
+        versions.append(answer_of(url)["policy_version"])
         time.sleep(1.0)
     return versions
 
