@@ -62,15 +62,16 @@ def ensure_model(
     `warm_start_steps` of format warm start on `train_data`, in the thinking format with `thinking`)
     unless a model is there already, which must then be of `family` if one is named. `size` ""
     means: never build."""
+    if (target / "config.json").exists():
+        return _check_family(target, family)
+    if not size:
+        raise FileNotFoundError(f"model folder not found: {target} (no hub here: give a folder on disk)")
+    # Imported only to build: the builders load transformers' model classes (seconds on every run).
     from assets.tiny_model import make_tiny
     from assets.warm_start import format_warm_start
     from rollout.audio import load_audio
     from rollout.datasets import load_questions
 
-    if (target / "config.json").exists():
-        return _check_family(target, family)
-    if not size:
-        raise FileNotFoundError(f"model folder not found: {target} (no hub here: give a folder on disk)")
     with _lock(target.parent / ".model.lock"):
         if (target / "config.json").exists():
             return
@@ -98,12 +99,12 @@ def ensure_model(
 def ensure_reward_model(target: Path, build: str, train_data: Path, seed: int, log: Log = print) -> None:
     """The tiny CLAP at `target` (`build` "tiny"), trained on `train_data`'s captions, unless a
     model is there already; `build` "": it must exist."""
-    from assets.tiny_clap import make_tiny_clap
-
     if (target / "config.json").exists():
         return
     if build != "tiny":
         raise FileNotFoundError(f"reward model folder not found: {target} (reward.models path; no hub here)")
+    from assets.tiny_clap import make_tiny_clap
+
     with _lock(target.parent / ".model.lock"):
         if not (target / "config.json").exists():
             log(f"building the tiny CLAP in {target}, trained on the captions of {train_data} ...")

@@ -62,6 +62,8 @@ class LearnerGroup:
             )
             for rank, bundle in enumerate(self.placement.learner_bundles)
         ]
+        # Queued behind each rank's start-up: vLLM's import overlaps the engines' start.
+        self._prepared = [rank.prepare_weight_transfer.remote() for rank in self.ranks]
         if wait:
             self.wait_ready()
 
@@ -69,6 +71,7 @@ class LearnerGroup:
         """Until every rank has loaded the model and joined the group; raises a rank's start-up
         error, or GetTimeoutError after train.learner_timeout_s."""
         ready(self.ranks, timeout_s=self.train.learner_timeout_s)
+        ray.get(self._prepared, timeout=self.train.learner_timeout_s)  # done by now: its error, if any
 
     def restart(self) -> None:
         """New ranks in the same bundles (a fresh process group): after one died, the survivors'

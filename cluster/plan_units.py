@@ -3,11 +3,13 @@ weights), a need (bytes, and on the GPU or in host memory), one actor kind's pla
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.config import ConfigError, expand_path
+from cluster.config import ConfigError, cache_dir, expand_path
 
 GIB = 2**30
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -64,7 +66,35 @@ def _hf_config(model_path: str):
 
 
 def model_shape(model_path: str) -> ModelShape:
-    """The shape of the model at `model_path` (built on the meta device: no weights are read)."""
+    """The shape of the model at `model_path`: measured once on the meta device (no weights are
+    read), then read back from the cache (`{cache}/shapes`). Measuring imports the family's model
+    code, seconds that every run's start would otherwise spend before any actor starts; the key
+    is the config's text, the transformers version and the code that measures."""
+    key = hashlib.sha256(_shape_inputs(model_path)).hexdigest()[:24]
+    cached = cache_dir() / "shapes" / f"{key}.json"
+    try:
+        return ModelShape(**json.loads(cached.read_text()))
+    except (OSError, TypeError, ValueError):  # not measured yet, or unreadable: measure again
+        pass
+    shape = _measured_shape(model_path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(asdict(shape)))
+    partial.replace(cached)  # whole or absent: runs starting together may both write it
+    return shape
+
+
+def _shape_inputs(model_path: str) -> bytes:
+    from importlib.metadata import version
+
+    path = expand_path(model_path) / "config.json"
+    config = path if path.is_file() else MODEL_CONFIGS / f"{Path(model_path).name}.json"
+    code = [Path(__file__), *sorted((Path(__file__).parents[1] / "families").glob("*.py"))]
+    text = config.read_bytes() if config.is_file() else model_path.encode()  # none: an error, uncached
+    return b"\0".join([text, version("transformers").encode(), *(f.read_bytes() for f in code)])
+
+
+def _measured_shape(model_path: str) -> ModelShape:
     import torch
 
     from families import adapter_for

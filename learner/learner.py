@@ -291,6 +291,13 @@ class Learner:
 
     # -- weight transfer to the rollout pool (vLLM's trainer engines; rank 0 sends) ------------------
 
+    def prepare_weight_transfer(self) -> None:
+        """Import vLLM's weight transfer now (about 5 s on CPU), while the rollout engines start,
+        rather than at the first `init_weight_transfer`, when the whole run waits for it."""
+        from learner.weight_source import trainer_engine_factory
+
+        trainer_engine_factory()
+
     def init_weight_transfer(self, backend: str, init: dict[str, Any], client, wire_dtype: str) -> None:
         """Build this rank's trainer engine (again after a receiver was replaced). `client` reaches
         the receivers (rank 0 only uses it); `wire_dtype` is the rollout engines' dtype."""

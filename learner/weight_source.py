@@ -103,17 +103,23 @@ def trainer_init_info(backend: str, rank: int, init: dict[str, Any]):
     return GlooTrainerInitInfo(**init, rank=rank)
 
 
+def trainer_engine_factory():
+    """vLLM's trainer-engine factory, with our plugins loaded (the gloo engine registers itself
+    through vLLM's plugin entry point)."""
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+    return WeightTransferTrainerFactory
+
+
 class WeightSender:
     """One learner rank's trainer engine (rank 0 sends, every rank gathers)."""
 
     def __init__(self, learner, backend: str, init: dict[str, Any], client, wire_dtype: str):
-        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-        from vllm.plugins import load_general_plugins
-
-        load_general_plugins()  # our gloo engine registers itself through vLLM's plugin entry point
         self.rank, self.client = learner.rank, client
         self.source = PolicySource(learner, getattr(torch, wire_dtype), init["bucket_bytes"])
-        self.engine = WeightTransferTrainerFactory.trainer_init(
+        self.engine = trainer_engine_factory().trainer_init(
             trainer_init_info(backend, learner.rank, init), client=client, source=self.source
         )
         if hasattr(self.engine, "stats"):

@@ -19,6 +19,34 @@ def test_qwen2_audio_7b_shape_from_its_bundled_config():
     assert 8.39e9 < shape.params < 8.41e9 and shape.vocab == 156032 and shape.audio_tokens == 750
 
 
+def test_a_model_shape_is_measured_once_per_config_then_read_from_the_cache(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Runs start without importing the family's model code: the shape measured on the meta device
+    is kept under `{cache}/shapes`, keyed by the config's text (another config: another entry)."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    monkeypatch.setenv("AUDIO_GRPO_CACHE", str(tmp_path / "cache"))
+    first = model_shape(str(tiny_model_dir))
+    [entry] = (tmp_path / "cache" / "shapes").glob("*.json")
+    entry.write_text(json.dumps(asdict(first) | {"params": 7}))  # read back, not measured again
+    assert model_shape(str(tiny_model_dir)).params == 7
+    other = tmp_path / "deeper"
+    other.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] += 1
+    config["text_config"]["layer_types"].append("full_attention")
+    (other / "config.json").write_text(json.dumps(config))
+    deeper = model_shape(str(other))
+    assert deeper.layers == first.layers + 1 and deeper.params > first.params
+    assert len(list((tmp_path / "cache" / "shapes").glob("*.json"))) == 2
+    entry.write_text("{not json")  # a damaged entry is measured again
+    assert model_shape(str(tiny_model_dir)) == first
+    shutil.rmtree(tmp_path / "cache")
+
+
 def test_qwen2_5_omni_7b_shape_is_its_thinker_with_the_vision_tower_frozen():
     shape = model_shape("/models/Qwen2.5-Omni-7B")  # the full omni config: the thinker's shape
     assert 8.9e9 < shape.params < 9.0e9 and shape.vocab == 152064 and shape.audio_layers == 32
