@@ -187,8 +187,12 @@ def run_cli(
 
 def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """`audio-grpo serve ARGS` on a free loopback port; returns once /healthz answers 200."""
-    import httpx
+    proc, url = launch_server(args, env)
+    return proc, wait_for_server(proc, url)
 
+
+def launch_server(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`audio-grpo serve ARGS` on a free loopback port, not waited for (`wait_for_server`)."""
     port = free_port()
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-{port}.log", "w")
     proc = subprocess.Popen(
@@ -199,14 +203,20 @@ def start_server(args: list[str], env: dict | None = None) -> tuple[subprocess.P
         stderr=subprocess.STDOUT,
     )
     proc.log_path = Path(log.name)  # for tests that read the server's log
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, timeout_s: float = 300) -> str:
+    """`url` once its /healthz answers 200 (the server's log in the error if it exits first)."""
+    import httpx
+
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+            raise RuntimeError(f"serve exited with {proc.returncode}: {proc.log_path.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
@@ -258,7 +268,9 @@ def actor_pids(class_name: str, since: float = 0.0) -> list[int]:
     ]
 
 
-def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+def wait_for(
+    predicate, timeout: float, what: str, process: subprocess.Popen | None = None, every: float = 0.2
+):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -266,7 +278,7 @@ def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | N
             return value
         if process is not None and process.poll() is not None:
             raise AssertionError(f"training exited (rc {process.returncode}) while waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -313,7 +325,9 @@ def run_as_job(ray_head: dict, env: dict, command: list[str], work_dir: Path, ti
 
     client = JobSubmissionClient(ray_head["dashboard"])
     done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    final = wait_for(lambda: (status := client.get_job_status(job_id)) in done and status, timeout, job_id)
+    # Every second: each poll costs the dashboard a GCS query, on the cores the job runs on.
+    finished = lambda: (status := client.get_job_status(job_id)) in done and status  # noqa: E731
+    final = wait_for(finished, timeout, job_id, every=1.0)
     logs = client.get_job_logs(job_id)
     assert final == JobStatus.SUCCEEDED, logs[-4000:]
     assert "run directory:" in logs

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FORM, ROOT, answer_of, start_server, steps_logged, wait_for
+from helpers import FAST, FORM, ROOT, answer_of, launch_server, steps_logged, wait_for, wait_for_server
 from safetensors import safe_open
 
 from families import FAMILIES, adapter_for, load_processor
@@ -219,25 +219,25 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
     serve = ("--serve", "--serve-port", "0", "--token", TOKEN)
     overlap = ("--set", "train.overlap_rollout=true", "--set", f"train.save_every={SAVE_EVERY}")
     command = train_command(run_dir, config=preset, max_steps=40, extra=(*FAST, *serve, *overlap))
-    follower = None
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
+        # The follower starts with the run (it waits for config.yaml, then the first checkpoint), so
+        # its engine is up while training goes on.
+        follower, url = launch_server(["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"],
+                                      env=service_env)  # fmt: skip
         try:
             wait_for((run_dir / "endpoint.json").exists, 600, "the live endpoint to start", training)
             seen = _live_versions(
                 json.loads((run_dir / "endpoint.json").read_text())["url"], run_dir, training
             )
-            follower, url = start_server(["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"],
-                                         env=service_env)  # fmt: skip
-            followed = _followed_versions(url, training)
+            followed = _followed_versions(wait_for_server(follower, url, timeout_s=600), training)
             assert training.wait(timeout=1500) == 0, (tmp_path / "train.log").read_text()[-4000:]
             last = _last_checkpoint_answer(url, run_dir)
         finally:
             if training.poll() is None:
                 training.kill()  # its Ray actors go with their driver
-            if follower is not None:
-                follower.terminate()  # a graceful stop, or vLLM's engine process outlives it
-                follower.wait(timeout=60)
+            follower.terminate()  # a graceful stop, or vLLM's engine process outlives it
+            follower.wait(timeout=60)
     versions = [v for _, v, _ in seen]
     assert versions == sorted(versions) and len(set(versions)) >= 4, seen
     assert any(v % SAVE_EVERY for v in versions), seen  # versions no checkpoint holds

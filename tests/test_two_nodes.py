@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import stop_process_groups
 
-from cli.main import cli_command, train_command
+from cli.main import train_command
 from cluster.network import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,21 +68,17 @@ def two_nodes():
         stop_process_groups(nodes)
 
 
-def test_learner_and_rollout_workers_on_different_nodes(two_nodes, tmp_path):
-    env = {**two_nodes, "AUDIO_GRPO_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+def test_learner_and_rollout_workers_on_different_nodes(two_nodes, service_env, tmp_path):
+    # The session's assets (tiny model and data, built once); this run's own Ray cluster.
+    env = {**two_nodes, "AUDIO_GRPO_CACHE": service_env["AUDIO_GRPO_CACHE"], "PYTHONUNBUFFERED": "1"}
     settings = {
-        "model.warm_start_steps": 0,
+        "model.warm_start_steps": 30,  # the session's model: built with 30
         "learner.node_resource": "learner_node",
         "rollout.node_resource": "rollout_node",
         "train.save_every": 2,
         "train.eval_every": 0,
         "sync.timeout_s": 120,
     }
-    prepared = subprocess.run(
-        cli_command("prepare", "--config", "tiny-cpu", "--set", "model.warm_start_steps=0"),
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
     run_dir = tmp_path / "run"
     command = train_command(run_dir, max_steps=4, overrides=settings, extra=("--no-progress",))
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
