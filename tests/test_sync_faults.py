@@ -43,8 +43,9 @@ def actors(tiny_model_dir, ray_cluster, tmp_path_factory):
         ],
     )
     placement = make_placement(config)
-    learner = LearnerGroup(config, placement, str(tiny_model_dir))
+    learner = LearnerGroup(config, placement, str(tiny_model_dir), wait=False)  # loads as the engines start
     pool = RolloutPool(config, placement, str(tiny_model_dir))
+    learner.wait_ready()
     pool.connect(learner)
     root = tmp_path_factory.mktemp("clips")
     questions = []

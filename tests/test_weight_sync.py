@@ -68,12 +68,11 @@ def test_learner_streams_weights_to_two_workers_in_bounded_memory(
         RolloutActor.remote(str(tiny_model_dir), EngineConfig(dtype="float32"), weight_transfer="gloo")
         for _ in range(2)
     ]
-    before = ray.get(workers[0].generate.remote(clip_questions, sampling, greedy=True))
-
-    learner = make_learner(tiny_model_dir, lr=2e-2, beta=0.0)
+    learner = make_learner(tiny_model_dir, lr=2e-2, beta=0.0)  # trains while the engines start
     batch = pitch_batch(learner.processor.tokenizer)
     for _ in range(3):
         learner.train_step(batch)
+    before = ray.get(workers[0].generate.remote(clip_questions, sampling, greedy=True))  # no update yet
     bucket = 64 * 1024
     init = {
         "master_address": "127.0.0.1",
@@ -164,13 +163,12 @@ def test_lora_updates_carry_only_the_layers_lora_touches(tiny_model_dir, ray_clu
 
     sampling = SamplingConfig(max_tokens=16)
     worker = RolloutActor.remote(str(tiny_model_dir), EngineConfig(dtype="float32"), weight_transfer="gloo")
-    before = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))
-
     lora = LoraSettings(rank=8, alpha=16.0, target_modules="q_proj,v_proj")
-    learner = make_learner(tiny_model_dir, lr=5e-2, beta=0.0, lora=lora)
+    learner = make_learner(tiny_model_dir, lr=5e-2, beta=0.0, lora=lora)  # trains while the engine starts
     batch = pitch_batch(learner.processor.tokenizer)
     for _ in range(3):
         learner.train_step(batch)
+    before = ray.get(worker.generate.remote(clip_questions, sampling, greedy=True))  # no update yet
     import torch
 
     sent = PolicySource(learner, torch.float32, 1 << 20).metadata()
