@@ -39,12 +39,15 @@ def build_tiny_clap(out_dir: str | Path, seed: int = 0) -> Path:
         vocab_size=len(tokenizer), max_position_embeddings=66, projection_dim=32,
         pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
+    # HTSAT folds the mel spectrogram into a spec_size x spec_size image: 128 (published: 256) is a
+    # quarter of the patches, and trains 250 steps in about half the time 150 took at 256, as well.
     audio = ClapAudioConfig(
         patch_embeds_hidden_size=16,
         depths=[1, 1],
         num_attention_heads=[2, 2],
         hidden_size=32,
         projection_dim=32,
+        spec_size=128,
     )
     config = ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=32)
     # rand_trunc: one channel (the public unfused checkpoints' form); clips of at most 2 s.
@@ -68,7 +71,7 @@ def train_clap(
     waves: list[np.ndarray],
     captions: list[list[str]],
     *,
-    steps: int = 150,
+    steps: int = 250,
     batch_size: int = 32,
     lr: float = 1e-3,
     warmup_steps: int = 20,
@@ -115,7 +118,7 @@ def train_clap(
 
 
 def make_tiny_clap(
-    out_dir: str | Path, seed: int = 0, data: str | Path | None = None, steps: int = 150
+    out_dir: str | Path, seed: int = 0, data: str | Path | None = None, steps: int = 250
 ) -> Path:
     """Build the tiny CLAP and train it on `data` (caption data, any supported form), or on a
     synthetic caption set made for it; written atomically."""
