@@ -51,18 +51,26 @@ class ModelShape:
         return self.active_params or self.params
 
 
+def _config_file(model_path: str) -> Path:
+    """The model's config.json, or the bundled copy for a hub name not on disk."""
+    on_disk = expand_path(model_path) / "config.json"
+    if on_disk.is_file():
+        return on_disk
+    bundled = MODEL_CONFIGS / f"{Path(model_path).name}.json"
+    if bundled.is_file():
+        return bundled
+    known = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.json")))
+    raise ConfigError(f"model.path {model_path}: no config.json there, and no bundled shape ({known})")
+
+
 def _hf_config(model_path: str):
     from transformers import AutoConfig
 
-    path = expand_path(model_path)
-    if (path / "config.json").is_file():
-        return AutoConfig.from_pretrained(path)
-    bundled = MODEL_CONFIGS / f"{Path(model_path).name}.json"
-    if bundled.is_file():
-        values = {k: v for k, v in json.loads(bundled.read_text()).items() if not k.startswith("_")}
-        return AutoConfig.for_model(**values)
-    known = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.json")))
-    raise ConfigError(f"model.path {model_path}: no config.json there, and no bundled shape ({known})")
+    found = _config_file(model_path)
+    if found.parent != MODEL_CONFIGS:
+        return AutoConfig.from_pretrained(found.parent)
+    values = {k: v for k, v in json.loads(found.read_text()).items() if not k.startswith("_")}
+    return AutoConfig.for_model(**values)
 
 
 def model_shape(model_path: str) -> ModelShape:
@@ -87,10 +95,8 @@ def model_shape(model_path: str) -> ModelShape:
 def _shape_inputs(model_path: str) -> bytes:
     from importlib.metadata import version
 
-    path = expand_path(model_path) / "config.json"
-    config = path if path.is_file() else MODEL_CONFIGS / f"{Path(model_path).name}.json"
     code = [Path(__file__), *sorted((Path(__file__).parents[1] / "families").glob("*.py"))]
-    text = config.read_bytes() if config.is_file() else model_path.encode()  # none: an error, uncached
+    text = _config_file(model_path).read_bytes()
     return b"\0".join([text, version("transformers").encode(), *(f.read_bytes() for f in code)])
 
 

@@ -25,7 +25,6 @@ def test_a_model_shape_is_measured_once_per_config_then_read_from_the_cache(
     """Runs start without importing the family's model code: the shape measured on the meta device
     is kept under `{cache}/shapes`, keyed by the config's text (another config: another entry)."""
     import json
-    import shutil
     from dataclasses import asdict
 
     monkeypatch.setenv("AUDIO_GRPO_CACHE", str(tmp_path / "cache"))
@@ -44,7 +43,6 @@ def test_a_model_shape_is_measured_once_per_config_then_read_from_the_cache(
     assert len(list((tmp_path / "cache" / "shapes").glob("*.json"))) == 2
     entry.write_text("{not json")  # a damaged entry is measured again
     assert model_shape(str(tiny_model_dir)) == first
-    shutil.rmtree(tmp_path / "cache")
 
 
 def test_qwen2_5_omni_7b_shape_is_its_thinker_with_the_vision_tower_frozen():
