@@ -224,10 +224,14 @@ def serve(args: argparse.Namespace) -> int:
     if args.run_dir:  # answer exactly as the run trains: its engine, prompt style and sampling
         if args.thinking:
             raise ValueError("--thinking is for --model: with --run-dir the run's prompt.thinking applies")
+        from cluster.config import expand_path
+
         run = _run_config(Path(args.run_dir))
         engine, prompt, sampling = run.rollout.engine, run.prompt, run.sampling
+        run_start_model = str(expand_path(run.model.path))
     else:
         engine, prompt, sampling = EngineConfig(), PromptConfig(thinking=args.thinking), SamplingConfig()
+        run_start_model = None
     limits = ServeLimits(
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds
     )
@@ -239,6 +243,7 @@ def serve(args: argparse.Namespace) -> int:
             prompt=prompt,
             sampling=sampling,
             poll_s=args.poll_s,
+            run_start_model=run_start_model,
         ),
         limits,
         token,

@@ -178,7 +178,11 @@ def _evaluation_args(p: argparse.ArgumentParser) -> None:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="serve this HF checkpoint folder")
-    p.add_argument("--run-dir", default=None, help="follow a training run: serve its newest checkpoint")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="follow a training run: serve its newest checkpoint (version 0: its starting model)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(

@@ -16,7 +16,8 @@ Concurrent HTTP requests each become a request in vLLM's AsyncLLM, which batches
   and avoids clearing vLLM's encoder cache under running requests (which vLLM warns can desync
   it); it lasts about one answer plus the read (0.02 s for the tiny model, seconds for 7B).
   Answers therefore come from the newest *saved* policy; every answer reports the version
-  (training step) and checkpoint that produced it.
+  (training step) and checkpoint that produced it. Before the run's first checkpoint the
+  server answers from the run's starting model (its `model.path`) as version 0.
 """
 
 from __future__ import annotations
@@ -78,14 +79,17 @@ class PolicyEngine:
         sampling: SamplingConfig = SamplingConfig(),
         poll_s: float = 2.0,
         weight_transfer: str = "",
+        run_start_model: str | None = None,
     ):
-        """`weight_transfer`: the backend when the policy receives live updates ("" = none)."""
+        """`weight_transfer`: the backend when the policy receives live updates ("" = none).
+        `run_start_model`: the followed run's starting model (its `model.path`), served as policy
+        version 0 until the run's first checkpoint lands."""
         if (model_dir is None) == (run_dir is None):
             raise ValueError("give exactly one of --model DIR or --run-dir RUN_DIR")
         self.run_dir = Path(run_dir) if run_dir else None
         self.prompt, self.sampling, self.engine_config = prompt, sampling, engine
         self.poll_s = poll_s
-        start = Path(model_dir) if model_dir else self._wait_for_first_checkpoint()
+        start = Path(model_dir) if model_dir else self._start_of_run(run_start_model)
         vllm_env(engine)
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -111,6 +115,17 @@ class PolicyEngine:
         self._drained.set()
         self.broken: str | None = None  # a live update failed half-way: the weights are mixed
         self._updating, self._session = False, None  # the live update in progress (see start_update)
+
+    def _start_of_run(self, run_start_model: str | None) -> Path:
+        """The run's newest checkpoint; before its first one, its starting model (so the engine loads
+        while the run trains, not after its first save); else the first checkpoint, waited for."""
+        newest = latest_checkpoint(self.run_dir / "checkpoints")
+        if newest is not None:
+            return newest
+        if run_start_model and Path(run_start_model).is_dir():
+            log.info("no checkpoint in %s yet: serving the run's starting model as version 0", self.run_dir)
+            return Path(run_start_model)
+        return self._wait_for_first_checkpoint()
 
     def _wait_for_first_checkpoint(self, timeout_s: float = 3600) -> Path:
         deadline = time.time() + timeout_s

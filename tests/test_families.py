@@ -221,8 +221,8 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
     command = train_command(run_dir, config=preset, max_steps=40, extra=(*FAST, *serve, *overlap))
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
-        # The follower starts with the run (it waits for config.yaml, then the first checkpoint), so
-        # its engine is up while training goes on.
+        # The follower starts with the run (it waits for config.yaml, then serves the run's starting
+        # model as version 0 until the first checkpoint), so its engine is up while training goes on.
         follower, url = launch_server(["--run-dir", str(run_dir), "--dtype", "float32", "--poll-s", "0.5"],
                                       env=service_env)  # fmt: skip
         try:
@@ -245,7 +245,7 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
         assert before <= version <= after + 1, seen
     followed.append(last["policy_version"])  # a newer checkpoint than those answered during training
     assert followed == sorted(followed) and len(set(followed)) >= 2, followed
-    assert followed[0] >= SAVE_EVERY and all(v % SAVE_EVERY == 0 for v in followed), followed
+    assert all(v % SAVE_EVERY == 0 for v in followed), followed  # 0: the run's starting model
     records = steps_logged(run_dir)
     assert [r["step"] for r in records] == list(range(1, 41))
     assert [r["rollout_version"] for r in records] == [max(0, r["step"] - 2) for r in records]

@@ -35,19 +35,25 @@ def followed_run(tiny_model_dir, tmp_path_factory):
     checkpoints.mkdir(parents=True)
     # A run writes its config first; the server answers with its settings (here float32, thinking).
     run_config = load_config("tiny-cpu", [f"model.path={tiny_model_dir}", "prompt.thinking=true"])
-    (run_dir / "config.yaml").write_text(dump_config(run_config))
-    publish(tiny_model_dir, checkpoints, 1)
+    (run_dir / "config.yaml").write_text(dump_config(run_config))  # no checkpoint yet
     proc, url = start_server(["--run-dir", str(run_dir), "--poll-s", "0.1"])
     yield proc, url, checkpoints
     proc.kill()
     proc.wait(timeout=60)
 
 
-def test_a_followed_run_is_served_with_its_own_settings(followed_run):
-    _, url, _ = followed_run
+def test_a_followed_run_is_served_with_its_own_settings(followed_run, tiny_model_dir):
+    """Before the run's first checkpoint, its starting model answers as version 0; then the checkpoint."""
+    _, url, checkpoints = followed_run
     policy = httpx.get(f"{url}/v1/policy", timeout=10).json()
     assert policy["thinking"] is True and policy["dtype"] == "float32" and policy["max_model_len"] == 2048
     assert policy["max_tokens"] == 12  # tiny-cpu's sampling.max_tokens: the default completion budget
+    assert policy["version"] == 0 and Path(policy["checkpoint"]) == Path(tiny_model_dir), policy
+    publish(tiny_model_dir, checkpoints, 1)
+    deadline = time.time() + 60
+    while httpx.get(f"{url}/v1/policy", timeout=10).json()["version"] != 1:
+        assert time.time() < deadline, "the first checkpoint was not loaded within 60 s"
+        time.sleep(0.1)
 
 
 def test_reloads_under_concurrent_requests_lose_no_answer(followed_run, tiny_model_dir):
