@@ -327,6 +327,19 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"no config {name_or_path!r}: give a YAML path or a preset name ({', '.join(known)})")
 
 
+def _check_tensor_parallel(rollout) -> None:
+    """An engine over several GPUs: its bundle holds them all, its workers run in their own processes."""
+    tp = rollout.engine.tensor_parallel_size
+    if tp > 1 and rollout.engine.in_process:
+        raise ConfigError(f"rollout.engine.tensor_parallel_size {tp} runs vLLM's workers in their own "
+                          "processes: set rollout.engine.in_process: false")  # fmt: skip
+    if tp > 1 and rollout.gpus_per_worker and rollout.gpus_per_worker != tp:
+        raise ConfigError(
+            f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) must equal rollout.engine."
+            f"tensor_parallel_size ({tp}): each rollout worker's placement bundle holds its engine's GPUs"
+        )
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Checks across sections, made before anything starts."""
     from families import FAMILIES
@@ -344,12 +357,7 @@ def validate(config: RunConfig) -> RunConfig:
             "train.overlap_rollout corrects with the rollout engine's log-probs, which vLLM reports at "
             f"temperature 1; sampling.temperature is {config.sampling.temperature}"
         )
-    if config.rollout.engine.tensor_parallel_size != 1:
-        raise ConfigError(
-            "rollout.engine.tensor_parallel_size > 1 is not supported yet: each rollout worker gets one "
-            "placement bundle with rollout.gpus_per_worker GPUs, and vLLM's tensor-parallel workers "
-            "would need their own; run more rollout workers with one GPU each instead (7B fits one GPU)"
-        )
+    _check_tensor_parallel(config.rollout)
     parallel = config.learner.parallel
     if config.learner.lora.rank and parallel.zero_stage == 3:
         raise ConfigError("learner.lora with learner.parallel.zero_stage 3 is not supported yet: use 0-2")

@@ -147,12 +147,15 @@ def _host_need(
     b = dtype_bytes(learner.parallel.dtype)
     whole = shape.params * b / (learner.num_ranks if learner.parallel.zero_stage == 3 else 1)
     loading = (whole + shape.largest_layer * b) * (2 if learner.loss.beta else 1)
-    engines_here = max(0, min(config.rollout.num_workers, hardware.gpus_per_node - ranks_here))
+    per_engine = max(1, config.rollout.engine.tensor_parallel_size)  # each TP worker is a process
+    engines_here = max(
+        0, min(config.rollout.num_workers, (hardware.gpus_per_node - ranks_here) // per_engine)
+    )
     models = [a for a in actors if a.kind.startswith("reward model")]
     models_here = sum(a.count * (PROCESS_HOST + a.total("host")) for a in models)
     return (
         ranks_here * (PROCESS_HOST + loading + actors[0].total("host"))
-        + engines_here * PROCESS_HOST
+        + engines_here * per_engine * PROCESS_HOST
         + models_here
     )
 

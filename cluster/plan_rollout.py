@@ -4,6 +4,8 @@ endpoint's is the same)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from cluster.config import RunConfig
 from cluster.plan_units import (
     CUDA_CONTEXT,
@@ -18,11 +20,16 @@ from cluster.plan_units import (
 
 
 def rollout_needs(config: RunConfig, shape: ModelShape, gpu_bytes: float) -> tuple[list[Need], float]:
-    """One vLLM engine's memory inside its `gpu_memory_utilization` share, and the KV cache left."""
+    """One vLLM engine's memory on each of its GPUs, inside its `gpu_memory_utilization` share, and
+    the KV cache left there (tensor parallelism splits weights, activations and KV heads evenly)."""
     engine, b = config.rollout.engine, dtype_bytes(config.rollout.engine.dtype)
+    tp = engine.tensor_parallel_size
     batched = max(engine.max_model_len, 8192)  # vLLM's profiling batch of tokens
     profile = batched * (4 * shape.hidden + 3 * shape.intermediate) * b + 256 * shape.vocab * 4
-    needs = [Need("weights", shape.params * b), Need("profiling peak (activations, sampler)", profile)]
+    needs = [
+        Need("weights", shape.params * b / tp),
+        Need("profiling peak (activations, sampler)", profile / tp),
+    ]
     on_gpu = config.rollout.gpus_per_worker > 0
     if on_gpu and not engine.enforce_eager:
         needs.append(Need("CUDA graphs", 1.0 * GIB))
@@ -41,28 +48,39 @@ def rollout_plan(config: RunConfig, shape: ModelShape, gpu: float, on_gpu: bool,
     group_tokens = config.sampling.n * (shape.audio_tokens + PROMPT_TEXT_TOKENS + config.sampling.max_tokens)
     per_token = kv_bytes_per_token(config, shape)
     capacity = gpu if on_gpu else host
+    tp = engine.tensor_parallel_size
+    over = f"{tp} GPUs; per GPU" if on_gpu else f"{tp} worker processes"
+    kind = "rollout worker" if tp == 1 else f"rollout worker (one engine over {over})"
     plan = ActorPlan(
-        "rollout worker", config.rollout.num_workers, needs + [Need("KV cache", max(kv, 0))], capacity, [], []
+        kind, config.rollout.num_workers, needs + [Need("KV cache", max(kv, 0))], capacity, [], []
     )
-    tokens = max(kv, 0) / per_token
+    tokens = max(kv, 0) * tp / per_token
     plan.notes.append(
         f"KV cache holds {tokens:.0f} tokens: {tokens * config.sampling.n / group_tokens:.0f} completions "
         f"of prompt + sampling.max_tokens at once ({config.sampling.n} per question)"
     )
-    weights = shape.params * dtype_bytes(engine.dtype)
-    if on_gpu and weights > engine.gpu_memory_utilization * gpu:
+    short = kv * tp < group_tokens * per_token
+    wanted = _fewest_gpus(config, shape, gpu, group_tokens * per_token) if on_gpu and short else tp
+    spread = (
+        f"set rollout.engine.tensor_parallel_size and rollout.gpus_per_worker to {wanted} (the fewest GPUs "
+        "that fit)"
+        if wanted
+        else "a larger GPU (no tensor-parallel size up to 8 fits)"
+    )
+    if on_gpu and kv <= 0:
+        weights = shape.params * dtype_bytes(engine.dtype)
         plan.problems.append(
-            f"one GPU cannot hold this engine: its weights are {weights / GIB:.1f} GiB, its share "
-            f"(rollout.engine.gpu_memory_utilization {engine.gpu_memory_utilization}) is "
-            f"{engine.gpu_memory_utilization * gpu / GIB:.1f} GiB; an engine over several GPUs "
-            "(rollout.engine.tensor_parallel_size) is not supported yet: a larger GPU"
+            f"{'one GPU' if tp == 1 else f'{tp} GPUs'} cannot hold this engine: its weights are "
+            f"{weights / GIB:.1f} GiB, a GPU's share (rollout.engine.gpu_memory_utilization "
+            f"{engine.gpu_memory_utilization}) is {engine.gpu_memory_utilization * gpu / GIB:.1f} GiB: "
+            + spread
         )
-    elif kv < group_tokens * per_token:
+    elif short:
         setting = "rollout.engine.gpu_memory_utilization" if on_gpu else "rollout.engine.kv_cache_gib"
         plan.problems.append(
-            f"the KV cache ({max(kv, 0) / GIB:.2f} GiB) cannot hold one question's {config.sampling.n} "
+            f"the KV cache ({max(kv, 0) * tp / GIB:.2f} GiB) cannot hold one question's {config.sampling.n} "
             f"completions ({group_tokens * per_token / GIB:.2f} GiB): raise {setting} or lower "
-            "sampling.max_tokens"
+            "sampling.max_tokens" + (f", or {spread}" if on_gpu and wanted != tp else "")
         )
     chunk, why = transfer_chunk(config, shape)
     if why:
@@ -77,3 +95,13 @@ def rollout_plan(config: RunConfig, shape: ModelShape, gpu: float, on_gpu: bool,
                 f"context need {outside / GIB:.1f} GiB: lower it or sync.bucket_mb"
             )
     return plan
+
+
+def _fewest_gpus(config: RunConfig, shape: ModelShape, gpu: float, kv_need: float) -> int:
+    """The smallest tensor-parallel size (1, 2, 4, 8) whose GPUs hold the engine and `kv_need`."""
+    for tp in (1, 2, 4, 8):
+        engine = dataclasses.replace(config.rollout.engine, tensor_parallel_size=tp)
+        trial = dataclasses.replace(config, rollout=dataclasses.replace(config.rollout, engine=engine))
+        if rollout_needs(trial, shape, gpu)[1] * tp >= kv_need:
+            return tp
+    return 0

@@ -44,6 +44,15 @@ def vllm_env(engine: EngineConfig) -> None:
     """Process settings vLLM and the Hugging Face hub read once, on import: call before either."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a wrong path fails, never downloads
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
+    if engine.tensor_parallel_size > 1:  # CPU only: vLLM's automatic binding wants a NUMA node per worker
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_split(engine.tensor_parallel_size))
+
+
+def cpu_split(parts: int) -> str:
+    """This process's CPUs in `parts` contiguous lists, vLLM's "0,1|2,3" form (one per TP worker)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cpus) // parts)
+    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per] or cpus[-1:])) for i in range(parts))
 
 
 def eager(engine: EngineConfig) -> bool:
@@ -60,6 +69,10 @@ def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: A
     the family's multimodal limits)."""
     from families import adapter_for
 
+    # Tensor parallelism: the engine's workers are processes inside this worker's placement bundle
+    # (which holds their GPUs). Inside a Ray placement group vLLM would pick its Ray executor and ask
+    # the group for bundles of its own.
+    executor = {"distributed_executor_backend": "mp"} if engine.tensor_parallel_size > 1 else {}
     return {
         "model": model_path,
         "dtype": engine.dtype,
@@ -69,6 +82,7 @@ def engine_args(model_path: str, engine: EngineConfig, seed: int = 0, **extra: A
         "seed": seed,
         "tensor_parallel_size": engine.tensor_parallel_size,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
+        **executor,
         **extra,
     }
 
@@ -199,9 +213,11 @@ class RolloutWorker:
         self.llm.collective_rpc("set_weight_transfer_fault", args=(kind, after_chunks))
 
     def transfer_stats(self) -> dict[str, float]:
-        """The last update on this engine's (first) vLLM worker: peak bytes of transfer buffers
-        alive at once, and seconds per phase (receive, load, finish)."""
-        return self.llm.collective_rpc("weight_transfer_stats")[0]
+        """The last update on this engine: the most bytes of transfer buffers alive at once on any
+        of its vLLM workers, seconds per phase (receive, load, finish) on the first, and how many
+        workers received it (the tensor-parallel size)."""
+        stats = self.llm.collective_rpc("weight_transfer_stats")
+        return {**stats[0], "peak_bytes": max(s["peak_bytes"] for s in stats), "workers": len(stats)}
 
     def get_policy_version(self) -> int:
         return self.policy_version

@@ -91,7 +91,15 @@ def test_an_old_config_file_names_every_moved_key(tmp_path):
     ("overrides", "message"),
     [
         (["learner.num_ranks=3"], "multiple of learner.num_ranks"),
-        (["rollout.engine.tensor_parallel_size=2"], "tensor_parallel_size > 1 is not supported yet"),
+        (["rollout.engine.tensor_parallel_size=2"], "own processes: set rollout.engine.in_process: false"),
+        (
+            [
+                "rollout.engine.tensor_parallel_size=2",
+                "rollout.engine.in_process=false",
+                "rollout.gpus_per_worker=1",
+            ],
+            r"rollout.gpus_per_worker \(1\) must equal rollout.engine.tensor_parallel_size \(2\)",
+        ),
         (["train.overlap_rollout=true", "sampling.temperature=0.8"], "temperature 1"),
         (["learner.lora.rank=8", "learner.parallel.zero_stage=3"], "lora with learner.parallel.zero_stage 3"),
         (["learner.parallel.reference_offload=true"], "reference_offload needs"),

@@ -71,14 +71,21 @@ def test_qwen3_omni_shape_counts_every_expert_and_what_a_token_runs():
     )
     assert not full.fits and "gathers a layer with all its experts" in full.render()
     small = make_plan(load_config("r1-aqa-qwen3-omni"), Hardware(1, 8, 48, 1024))
-    assert "one GPU cannot hold this engine" in small.render() and "tensor_parallel_size" in small.render()
+    assert "one GPU cannot hold this engine" in small.render()
+    assert "set rollout.engine.tensor_parallel_size and rollout.gpus_per_worker to 2" in small.render()
+    tp = ["rollout.engine.tensor_parallel_size=2", "rollout.gpus_per_worker=2", "rollout.num_workers=2"]
+    split = make_plan(load_config("r1-aqa-qwen3-omni", tp), Hardware(1, 8, 48, 1024)).actors[1]
+    assert split.kind == "rollout worker (one engine over 2 GPUs; per GPU)" and not split.problems, split
+    weights = next(n.nbytes for n in split.needs if n.item == "weights")
+    assert weights == shape.params * 2 / 2  # bf16, half on each GPU
 
 
 @pytest.mark.parametrize(
     ("preset", "nodes", "gpu_gib"),
     [("r1-aqa", 1, 80), ("r1-aqa-h200", 1, 141), ("r1-aqa-2node", 2, 80)]
     + [("r1-aqa-think", 1, 80), ("r1-aqa-sft-full", 1, 80), ("r1-aqa-sft-lora", 1, 80)]
-    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80), ("aac-clotho", 1, 80), ("r1-aqa-qwen3-omni", 1, 80)],
+    + [("r1-aqa-af3", 1, 80), ("r1-aqa-omni", 1, 80), ("aac-clotho", 1, 80), ("r1-aqa-qwen3-omni", 1, 80)]
+    + [("r1-aqa-qwen3-omni-full", 3, 80)],
 )
 def test_gpu_presets_fit_the_hardware_they_name(preset, nodes, gpu_gib):
     config = load_config(preset)

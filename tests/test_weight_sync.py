@@ -1,5 +1,6 @@
 """Weight transfer through vLLM's API: chunk plans, the policy gate, a real learner -> two vLLM
-workers (Ray actors) update in bounded memory with greedy output equal to the learner's."""
+workers (Ray actors; one engine tensor-parallel over two processes) update in bounded memory with
+greedy output equal to the learner's."""
 
 from __future__ import annotations
 
@@ -64,10 +65,13 @@ def test_learner_streams_weights_to_two_workers_in_bounded_memory(
     from rollout.vllm_engine import EngineConfig
 
     sampling = SamplingConfig(max_tokens=16)
-    workers = [
-        RolloutActor.remote(str(tiny_model_dir), EngineConfig(dtype="float32"), weight_transfer="gloo")
-        for _ in range(2)
+    # The second engine runs over two tensor-parallel workers (their own processes, on CPU too):
+    # each joins the transfer group with its own rank and loads its shard of every tensor.
+    engines = [
+        EngineConfig(dtype="float32"),
+        EngineConfig(dtype="float32", tensor_parallel_size=2, in_process=False),
     ]
+    workers = [RolloutActor.remote(str(tiny_model_dir), e, weight_transfer="gloo") for e in engines]
     learner = make_learner(tiny_model_dir, lr=2e-2, beta=0.0)  # trains while the engines start
     batch = pitch_batch(learner.processor.tokenizer)
     for _ in range(3):
@@ -77,11 +81,11 @@ def test_learner_streams_weights_to_two_workers_in_bounded_memory(
     init = {
         "master_address": "127.0.0.1",
         "master_port": free_port(),
-        "world_size": 3,
+        "world_size": 4,  # the learner, then 1 + 2 engine workers
         "bucket_bytes": bucket,
         "timeout_s": 60.0,
     }
-    learner.init_weight_transfer("gloo", init, ReceiverClient(workers, [1, 1], 60.0), "float32")
+    learner.init_weight_transfer("gloo", init, ReceiverClient(workers, [1, 2], 60.0), "float32")
     outcome = learner.send_weights(1)
     assert outcome["ok"], outcome
     assert ray.get([w.get_policy_version.remote() for w in workers]) == [1, 1]
@@ -103,7 +107,9 @@ def test_learner_streams_weights_to_two_workers_in_bounded_memory(
     model_bytes = outcome["bytes"]
     largest = max(p.numel() * 4 for p in learner.model.parameters())
     few_chunks = 3 * (bucket + largest)
-    receivers = [ray.get(w.transfer_stats.remote())["peak_bytes"] for w in workers]
+    stats = [ray.get(w.transfer_stats.remote()) for w in workers]
+    assert [s["workers"] for s in stats] == [1, 2]  # the second engine received on both its workers
+    receivers = [s["peak_bytes"] for s in stats]
     assert model_bytes > 8 * bucket
     for peak in [outcome["sender_peak_bytes"], *receivers]:
         assert 0 < peak <= few_chunks and peak / model_bytes < 0.5, (peak, model_bytes)
