@@ -196,17 +196,20 @@ def test_greedy_output_in_vllm_equals_transformers(family, family_dirs, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "preset, model_class",
+    "preset, model_class, steps",
     [
-        ("tiny-cpu-af3", "AudioFlamingo3ForConditionalGeneration"),
-        ("tiny-cpu-omni", "Qwen2_5OmniThinkerForConditionalGeneration"),
+        ("tiny-cpu-af3", "AudioFlamingo3ForConditionalGeneration", 40),
+        ("tiny-cpu-omni", "Qwen2_5OmniThinkerForConditionalGeneration", 40),
+        # The mixture of experts learns later (its preset: 150 steps) but each step is quick.
+        ("tiny-cpu-qwen3-omni", "Qwen3OmniMoeThinkerForConditionalGeneration", 150),
     ],
 )
 def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
-    preset, model_class, service_env, tmp_path
+    preset, model_class, steps, service_env, tmp_path
 ):
-    """The embedded default on another family's architecture (tiny-cpu-af3, tiny-cpu-omni) with
-    `--serve` (token-guarded) and overlapped rollouts, followed by `serve --run-dir`:
+    """The embedded default on another family's architecture (tiny-cpu-af3, tiny-cpu-omni,
+    tiny-cpu-qwen3-omni) with `--serve` (token-guarded) and overlapped rollouts, followed by
+    `serve --run-dir`:
     - the live endpoint, one more receiver of the weight transfer, answers from the newest policy
       version, at most one step behind the learner, with no checkpoint involved;
     - `train.overlap_rollout`: step k's completions come from policy k - 2 (generated during
@@ -218,7 +221,7 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
     run_dir = tmp_path / "run"
     serve = ("--serve", "--serve-port", "0", "--token", TOKEN)
     overlap = ("--set", "train.overlap_rollout=true", "--set", f"train.save_every={SAVE_EVERY}")
-    command = train_command(run_dir, config=preset, max_steps=40, extra=(*FAST, *serve, *overlap))
+    command = train_command(run_dir, config=preset, max_steps=steps, extra=(*FAST, *serve, *overlap))
     with open(tmp_path / "train.log", "w") as log:
         training = subprocess.Popen(command, cwd=ROOT, env=service_env, stdout=log, stderr=subprocess.STDOUT)
         # The follower starts with the run (it waits for config.yaml, then serves the run's starting
@@ -232,7 +235,7 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
             )
             followed = _followed_versions(wait_for_server(follower, url, timeout_s=600), training)
             assert training.wait(timeout=1500) == 0, (tmp_path / "train.log").read_text()[-4000:]
-            last = _last_checkpoint_answer(url, run_dir)
+            last = _last_checkpoint_answer(url, run_dir, steps)
         finally:
             if training.poll() is None:
                 training.kill()  # its Ray actors go with their driver
@@ -247,12 +250,12 @@ def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
     assert followed == sorted(followed) and len(set(followed)) >= 2, followed
     assert all(v % SAVE_EVERY == 0 for v in followed), followed  # 0: the run's starting model
     records = steps_logged(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 41))
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
     assert [r["rollout_version"] for r in records] == [max(0, r["step"] - 2) for r in records]
     assert [r["data_position"] for r in records] == [8 * r["step"] for r in records]
     assert all(r["samples"] == 64 and r["loss"] == r["loss"] for r in records)  # no NaN
     assert max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) > 75.0, records[-1]  # chance: 50
-    checkpoint = run_dir / "checkpoints" / "step-40"
+    checkpoint = run_dir / "checkpoints" / f"step-{steps}"
     assert type(adapter_for(checkpoint).load(str(checkpoint), torch.float32)).__name__ == model_class
 
 
@@ -271,9 +274,11 @@ def _live_versions(url: str, run_dir, training) -> list[tuple[int, int, int]]:
     return seen
 
 
-def _last_checkpoint_answer(url: str, run_dir) -> dict:
-    """The follower's answer once it has loaded the run's last checkpoint (step 40)."""
-    last = wait_for(lambda: (a := answer_of(url)).get("step") == 40 and a, 120, "the step-40 checkpoint")
+def _last_checkpoint_answer(url: str, run_dir, step: int) -> dict:
+    """The follower's answer once it has loaded the run's last checkpoint (`step`)."""
+    last = wait_for(
+        lambda: (a := answer_of(url)).get("step") == step and a, 120, f"the step-{step} checkpoint"
+    )
     assert last["answer"] in json.loads(FORM["choices"])
     policy = httpx.get(f"{url}/v1/policy", timeout=10).json()
     assert policy["checkpoint"].startswith(str(run_dir / "checkpoints")), policy
