@@ -182,12 +182,15 @@ def weight_transfer_backend(config: RunConfig) -> str:
 
 def learner_config(config: RunConfig) -> LearnerConfig:
     """What the learner reads, wired from the run's one place for each fact."""
-    section = config.learner
+    section, parallel = config.learner, config.learner.parallel
     steps = section.optimizer.schedule_steps or config.train.max_steps
+    if parallel.cpu_threads < 0 and config.train.overlap_rollout:  # engines generate meanwhile,
+        threads = max(1, (os.cpu_count() or 1) - config.rollout.num_workers)  # one thread each
+        parallel = dataclasses.replace(parallel, cpu_threads=threads)  # (every core: 1.6-5x slower)
     return LearnerConfig(
         optimizer=dataclasses.replace(section.optimizer, schedule_steps=steps),
         loss=section.loss,
-        parallel=section.parallel,
+        parallel=parallel,
         lora=section.lora,
         sampling=config.sampling,
         prompt=config.prompt,
@@ -329,15 +332,13 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def _check_tensor_parallel(rollout) -> None:
     """An engine over several GPUs: its bundle holds them all, its workers run in their own processes."""
-    tp = rollout.engine.tensor_parallel_size
+    tp, gpus = rollout.engine.tensor_parallel_size, rollout.gpus_per_worker
     if tp > 1 and rollout.engine.in_process:
         raise ConfigError(f"rollout.engine.tensor_parallel_size {tp} runs vLLM's workers in their own "
                           "processes: set rollout.engine.in_process: false")  # fmt: skip
-    if tp > 1 and rollout.gpus_per_worker and rollout.gpus_per_worker != tp:
-        raise ConfigError(
-            f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) must equal rollout.engine."
-            f"tensor_parallel_size ({tp}): each rollout worker's placement bundle holds its engine's GPUs"
-        )
+    if tp > 1 and gpus and gpus != tp:
+        raise ConfigError(f"rollout.gpus_per_worker ({gpus:g}) must equal rollout.engine.tensor_parallel_"
+                          f"size ({tp}): each rollout worker's bundle holds its engine's GPUs")  # fmt: skip
 
 
 def validate(config: RunConfig) -> RunConfig:

@@ -122,3 +122,12 @@ def test_engines_use_cuda_graphs_on_gpu_and_run_eagerly_on_cpu_unless_told(tiny_
     assert (
         load_config("tiny-cpu", ["rollout.engine.enforce_eager=false"]).rollout.engine.enforce_eager is False
     )
+
+
+def test_an_overlapped_cpu_update_takes_the_cores_the_engines_leave():
+    """`cpu_threads: -1` is every core, except when the engines generate during the update."""
+    import os
+
+    assert learner_config(load_config("tiny-cpu")).parallel.cpu_threads == -1
+    overlapped = learner_config(load_config("tiny-cpu", ["train.overlap_rollout=true"]))
+    assert overlapped.parallel.cpu_threads == max(1, (os.cpu_count() or 1) - 2)  # tiny-cpu: 2 engines

@@ -200,8 +200,9 @@ def test_greedy_output_in_vllm_equals_transformers(family, family_dirs, tmp_path
     [
         ("tiny-cpu-af3", "AudioFlamingo3ForConditionalGeneration", 40),
         ("tiny-cpu-omni", "Qwen2_5OmniThinkerForConditionalGeneration", 40),
-        # The mixture of experts learns later (its preset: 150 steps) but each step is quick.
-        ("tiny-cpu-qwen3-omni", "Qwen3OmniMoeThinkerForConditionalGeneration", 150),
+        # The mixture of experts learns later (held-out 100% from step 60 here; its preset, without
+        # overlapped rollouts, trains 150 steps) but each step is quick.
+        ("tiny-cpu-qwen3-omni", "Qwen3OmniMoeThinkerForConditionalGeneration", 120),
     ],
 )
 def test_family_trains_and_is_served_live_and_from_each_new_checkpoint(
