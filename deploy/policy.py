@@ -90,7 +90,7 @@ class PolicyEngine:
         self.prompt, self.sampling, self.engine_config = prompt, sampling, engine
         self.poll_s = poll_s
         start = Path(model_dir) if model_dir else self._start_of_run(run_start_model)
-        vllm_env(engine)
+        vllm_env(engine, served=True)
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

@@ -40,12 +40,18 @@ class EngineConfig:
     in_process: bool = True
 
 
-def vllm_env(engine: EngineConfig) -> None:
-    """Process settings vLLM and the Hugging Face hub read once, on import: call before either."""
+def vllm_env(engine: EngineConfig, *, served: bool = False) -> None:
+    """Process settings vLLM and the Hugging Face hub read once, on import: call before either.
+    `served`: an AsyncLLM (its engine core always in a process of its own)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a wrong path fails, never downloads
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(engine.kv_cache_gib))))
     if engine.tensor_parallel_size > 1:  # CPU only: vLLM's automatic binding wants a NUMA node per worker
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_split(engine.tensor_parallel_size))
+    if served and engine.tensor_parallel_size == 1:
+        # The model runs inside the engine-core process, as vLLM does on a GPU. Without this, vLLM's
+        # CPU build starts one more process for it, whose reads spin on a core for a second after
+        # each step: a served engine cost ~10 s of CPU to start and kept a core busy while used.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 def cpu_split(parts: int) -> str:
