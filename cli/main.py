@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import commands, offline
-from families import FAMILIES
+from families import FAMILY_NAMES
 from rollout.vllm_engine import Dtype
 
 DTYPES = list(typing.get_args(Dtype))
@@ -41,7 +41,7 @@ def _make_tiny_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument(
         "--family",
-        choices=[*FAMILIES, "clap"],
+        choices=[*FAMILY_NAMES, "clap"],
         default="qwen2-audio",
         help="the model family's architecture, processor and chat template; clap: the tiny reward "
         "model, trained briefly on synthetic captions (--data: on a caption file instead)",

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from families import FAMILY_NAMES
 from learner.config import LearnerConfig, LoraSettings, LossConfig, OptimizerConfig, ParallelConfig
 from reward.rewards import AccuracyRule, RewardWeights
 from reward_models.spec import RewardModelSpec
@@ -343,11 +344,9 @@ def _check_tensor_parallel(rollout) -> None:
 
 def validate(config: RunConfig) -> RunConfig:
     """Checks across sections, made before anything starts."""
-    from families import FAMILIES
-
     train = config.train
-    if config.model.family and config.model.family not in FAMILIES:
-        raise ConfigError(f"model.family {config.model.family!r}: one of {', '.join(FAMILIES)}")
+    if config.model.family and config.model.family not in FAMILY_NAMES:
+        raise ConfigError(f"model.family {config.model.family!r}: one of {', '.join(FAMILY_NAMES)}")
     if train.questions_per_step % config.learner.num_ranks:
         raise ConfigError(
             f"train.questions_per_step ({train.questions_per_step}) must be a multiple of "

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from learner.grpo import LossType
 from rollout.prompt import PromptConfig
 from rollout.sampling import SamplingConfig
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]  # how the loss averages over tokens (learner/grpo.py)
 
 
 @dataclass(frozen=True)

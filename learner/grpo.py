@@ -12,12 +12,11 @@ is the padded completion length and `mask` marks real completion tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+from learner.config import LossType
 
 
 def group_advantages(

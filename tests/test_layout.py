@@ -173,6 +173,22 @@ print("params", model_shape(str(folder)).params)
     assert int(proc.stdout.split("params")[-1]) > 0
 
 
+def test_the_command_line_and_the_planner_start_without_torch():
+    """Help, data checks, reward scoring and planning load no model code: the command line and
+    the run's config import without torch (the family adapters load on first use)."""
+    script = """
+import sys
+sys.modules["torch"] = None  # an import of torch fails
+import cli.main, cluster.config, cluster.plan, cluster.report, reward.rewards, rollout.datasets
+from families import FAMILY_NAMES, family_named
+print(sorted(FAMILY_NAMES))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "qwen2-audio" in proc.stdout
+
+
 def test_no_script_shadows_a_package():
     """bench/ scripts run as files, with bench/ first on sys.path: a bench/rollout.py would hide the
     rollout package from everything they import."""
