@@ -5,6 +5,10 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The venv's tools first for every process a target starts (pytest, Ray's actors, the CLI):
+# DeepSpeed compiles its ops with ninja, and the venv's ninja (1.13) and the system's (1.11) hash
+# commands differently, so processes that found different ones rebuilt the op in turn (~30 s each).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Project-controlled caches: DeepSpeed's JIT ops are compiled once, models are never fetched.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DeepSpeed JIT-builds a CPU op once; keep it in the project's cache (the Makefile sets the same),
 # never in whatever folder a process happens to run in.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+# ... with one ninja: the venv's, first on PATH as the Makefile puts it (a system ninja of another
+# version logs commands differently, and each would rebuild the op the other built).
+if not os.environ["PATH"].startswith(str(Path(sys.executable).parent)):
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 @pytest.fixture(scope="session")
