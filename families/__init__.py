@@ -91,7 +91,7 @@ def adapter_for(source: Any) -> ModelAdapter:
         return source
     if isinstance(source, (str, Path)):
         if str(source) in ADAPTER_CLASSES:
-            return _families()[str(source)]
+            return family_named(str(source))
         config = Path(source) / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"{config}: not a model folder (no config.json)")
